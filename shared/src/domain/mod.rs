@@ -1,0 +1,8 @@
+//! The rules of the product (spec + DESIGN.md) and the one service both transports call.
+//! A REST handler or socket event parses its input, calls one method here, maps the result.
+
+pub mod model;
+mod service;
+mod validate;
+
+pub use service::{ChatService, History, Page};

@@ -1,0 +1,154 @@
+//! Persistence: one sea-orm store for Postgres (scaled mode) and SQLite (standalone). SQL lives
+//! here and nowhere else; the domain calls these methods with already-validated values.
+
+mod entity;
+mod groups;
+mod messages;
+pub mod migration;
+
+use std::{sync::Arc, time::Duration};
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use tokio::sync::{Mutex, MutexGuard};
+
+pub use groups::{GroupRow, MemberChange};
+pub use messages::InsertOutcome;
+
+use crate::error::DomainError;
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    /// SQLite allows one writer: write transactions queue here instead of failing with
+    /// "database is locked". `None` on Postgres, where row locks serialise per group only.
+    write_gate: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction, holding the SQLite write gate (if any) until it ends.
+pub(crate) struct WriteTxn<'a> {
+    pub txn: DatabaseTransaction,
+    _gate: Option<MutexGuard<'a, ()>>,
+}
+
+impl Store {
+    /// Connects (SQLite files and folders are created). Fails fast when the database does not
+    /// answer: a request waits at most 3 s for a connection, then gets 503.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DomainError> {
+        let is_sqlite = url.starts_with("sqlite:");
+        if is_sqlite
+            && let Some(path) = sqlite_path(url)
+            && let Some(dir) = std::path::Path::new(&path).parent()
+        {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    DomainError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(max_connections)
+            .min_connections(0)
+            .connect_timeout(Duration::from_secs(3))
+            .acquire_timeout(Duration::from_secs(3))
+            .idle_timeout(Duration::from_secs(300))
+            .sqlx_logging(false)
+            .test_before_acquire(false)
+            .map_sqlx_sqlite_opts(|o| {
+                o.create_if_missing(true)
+                    .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                    .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        let db = Database::connect(options).await?;
+        Ok(Self {
+            db,
+            write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
+        })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), DomainError> {
+        migration::Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// `SELECT 1`, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), DomainError> {
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub(crate) async fn begin_write(&self) -> Result<WriteTxn<'_>, DomainError> {
+        let gate = match &self.write_gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
+        let txn = self.db.begin().await?;
+        Ok(WriteTxn { txn, _gate: gate })
+    }
+
+    pub async fn close(self) {
+        if let Err(e) = self.db.close().await {
+            tracing::warn!(error = %e, "closing the database pool failed");
+        }
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+/// Timestamps are kept to the millisecond: Postgres keeps microseconds, SQLite nanoseconds,
+/// JavaScript clients milliseconds; truncating once makes all three agree.
+pub fn now_millis() -> chrono::DateTime<chrono::Utc> {
+    use chrono::{DurationRound, TimeDelta};
+    let now = chrono::Utc::now();
+    now.duration_trunc(TimeDelta::milliseconds(1))
+        .unwrap_or(now)
+}
+
+/// A new group row (the domain builds it; the store owns the entity type).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn entity_group(
+    org: &crate::ids::OrgId,
+    id: crate::ids::GroupId,
+    name: String,
+    description: String,
+    group_type: crate::domain::model::GroupType,
+    page: Option<String>,
+    created_by: &crate::ids::Email,
+    now: chrono::DateTime<chrono::Utc>,
+    member_count: i64,
+) -> entity::groups::Model {
+    entity::groups::Model {
+        org_id: org.as_str().to_owned(),
+        id: id.0,
+        name,
+        description,
+        group_type: group_type.as_str().to_owned(),
+        page,
+        created_by: created_by.as_str().to_owned(),
+        created_at: now,
+        updated_at: now,
+        member_count,
+        last_seq: 0,
+    }
+}

@@ -1,0 +1,150 @@
+//! What each subcommand does at start-up, and the graceful shutdown they share.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use community_chat_api::AppState;
+use community_chat_shared::{
+    auth::{Authenticator, KeySource},
+    bus::{Bus, InProcessBus},
+    config::Config,
+    domain::ChatService,
+    ids::{Email, OrgId},
+    metrics::Metrics,
+    store::Store,
+};
+
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => serve(cli.config).await,
+        Some(Command::Serve(args)) => serve(args.config).await,
+        Some(Command::Api(args)) => api(args.config).await,
+        Some(Command::Migrate(args)) => migrate(args.config).await,
+        Some(Command::Token(args)) => {
+            args.config.validate()?;
+            let auth = Authenticator::from_config(&args.config, false)?;
+            let org = OrgId::parse(&args.org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+            let email = Email::parse(&args.email).map_err(|e| anyhow::anyhow!("--email: {e}"))?;
+            println!("{}", auth.mint(&org, &email, args.ttl)?);
+            Ok(())
+        }
+    }
+}
+
+/// Standalone: REST (and, with the gateway, socket.io) on one port; SQLite by default.
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    community_chat_shared::telemetry::init(&config);
+    if config.database_url.is_none() {
+        let path = config.data_dir.join("community-chat.db");
+        config.database_url = Some(format!("sqlite://{}?mode=rwc", path.display()));
+    }
+    let store = connect_store(&config).await?;
+    store.migrate().await.context("applying the schema")?;
+    let auth = Authenticator::from_config(&config, true)?;
+    if let KeySource::Generated(path) = &auth.key_source {
+        println!(
+            "No JWT key configured: using the development secret in {}.\nMint a token with:\n  cargo run --release -- token --org my-org --email you@example.com\n(or: community-chat token --org my-org --email you@example.com, from this folder)",
+            path.display()
+        );
+    }
+    let bus = make_bus(&config)?;
+    start_http(config, store, bus, auth).await
+}
+
+/// The REST tier of a scaled deployment.
+async fn api(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    community_chat_shared::telemetry::init(&config);
+    if config.database_url.is_none() {
+        anyhow::bail!("DATABASE_URL is required for `api` (run `serve` for the zero-setup mode)");
+    }
+    let store = connect_store(&config).await?;
+    let auth = Authenticator::from_config(&config, false)?;
+    let bus = make_bus(&config)?;
+    start_http(config, store, bus, auth).await
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    community_chat_shared::telemetry::init(&config);
+    if config.database_url.is_none() {
+        anyhow::bail!("DATABASE_URL is required for `migrate`");
+    }
+    let store = connect_store(&config).await?;
+    store.migrate().await.context("applying the schema")?;
+    println!("schema is up to date");
+    store.close().await;
+    Ok(())
+}
+
+async fn connect_store(config: &Config) -> anyhow::Result<Store> {
+    let url = config.database_url.as_deref().unwrap_or_default();
+    Store::connect(url, config.database_max_connections)
+        .await
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot connect: {e}"))
+}
+
+fn make_bus(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
+    if config.redis_url.is_some() {
+        anyhow::bail!(
+            "REDIS_URL is set, but the Redis event bus is not in this build yet; unset it to use the in-process bus"
+        );
+    }
+    Ok(Arc::new(InProcessBus::default()))
+}
+
+async fn start_http(
+    config: Config,
+    store: Store,
+    bus: Arc<dyn Bus>,
+    auth: Authenticator,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let service = ChatService::new(store.clone(), bus, config.limits.clone());
+    let state = AppState::new(service, Arc::new(auth), metrics);
+    let router = community_chat_api::router(state, &config).map_err(|e| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("LISTEN_ADDR {}: cannot listen", config.listen_addr))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "listening");
+    println!("listening on http://{local}");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    store.close().await;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received, draining");
+}
