@@ -221,3 +221,24 @@ impl Config {
         Ok(())
     }
 }
+
+#[derive(clap::Parser)]
+struct ConfigOnly {
+    #[command(flatten)]
+    config: Config,
+}
+
+impl Config {
+    /// Parses a configuration from flags alone (environment variables still apply), for tests
+    /// and embedding: `Config::from_flags(["--jwt-secret", "..."])`.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::Parser;
+        let args = std::iter::once(std::ffi::OsString::from("community-chat"))
+            .chain(flags.into_iter().map(Into::into));
+        ConfigOnly::try_parse_from(args).map(|c| c.config)
+    }
+}
