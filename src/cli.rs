@@ -29,6 +29,8 @@ pub enum Command {
     Serve(ConfigArgs),
     /// The REST tier only (scaled mode): needs DATABASE_URL; publishes events to REDIS_URL.
     Api(ConfigArgs),
+    /// The socket.io tier only (scaled mode): needs DATABASE_URL and REDIS_URL.
+    Gateway(ConfigArgs),
     /// Applies pending schema migrations to DATABASE_URL and exits.
     Migrate(ConfigArgs),
     /// Prints a development JWT signed with the configured HS256 secret.

@@ -6,7 +6,7 @@ use anyhow::Context;
 use community_chat_api::AppState;
 use community_chat_shared::{
     auth::{Authenticator, KeySource},
-    bus::{Bus, InProcessBus},
+    bus::{Bus, InProcessBus, RedisBus},
     config::Config,
     domain::ChatService,
     ids::{Email, OrgId},
@@ -21,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => serve(cli.config).await,
         Some(Command::Serve(args)) => serve(args.config).await,
         Some(Command::Api(args)) => api(args.config).await,
+        Some(Command::Gateway(args)) => gateway(args.config).await,
         Some(Command::Migrate(args)) => migrate(args.config).await,
         Some(Command::Token(args)) => {
             args.config.validate()?;
@@ -50,8 +51,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let bus = make_bus(&config)?;
-    start_http(config, store, bus, auth).await
+    let bus = make_bus(&config).await?;
+    start_http(config, store, bus, auth, Tier::Both).await
 }
 
 /// The REST tier of a scaled deployment.
@@ -63,8 +64,30 @@ async fn api(config: Config) -> anyhow::Result<()> {
     }
     let store = connect_store(&config).await?;
     let auth = Authenticator::from_config(&config, false)?;
-    let bus = make_bus(&config)?;
-    start_http(config, store, bus, auth).await
+    let bus = make_bus(&config).await?;
+    start_http(config, store, bus, auth, Tier::Api).await
+}
+
+/// The socket.io tier of a scaled deployment.
+async fn gateway(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    community_chat_shared::telemetry::init(&config);
+    if config.database_url.is_none() || config.redis_url.is_none() {
+        anyhow::bail!("DATABASE_URL and REDIS_URL are required for `gateway` (run `serve` for the zero-setup mode)");
+    }
+    let store = connect_store(&config).await?;
+    let auth = Authenticator::from_config(&config, false)?;
+    let bus = make_bus(&config).await?;
+    start_http(config, store, bus, auth, Tier::Gateway).await
+}
+
+/// Which routes a process serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// REST and socket.io (`serve`).
+    Both,
+    Api,
+    Gateway,
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
@@ -87,13 +110,17 @@ async fn connect_store(config: &Config) -> anyhow::Result<Store> {
         .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot connect: {e}"))
 }
 
-fn make_bus(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
-    if config.redis_url.is_some() {
-        anyhow::bail!(
-            "REDIS_URL is set, but the Redis event bus is not in this build yet; unset it to use the in-process bus"
-        );
+/// Redis when `REDIS_URL` is set; otherwise the in-process bus (one process holds every socket).
+async fn make_bus(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
+    match &config.redis_url {
+        Some(url) => {
+            let bus = RedisBus::connect(url, &config.redis_channel_prefix, config.redis_sharded_pubsub)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Arc::new(bus))
+        }
+        None => Ok(Arc::new(InProcessBus::default())),
     }
-    Ok(Arc::new(InProcessBus::default()))
 }
 
 async fn start_http(
@@ -101,20 +128,36 @@ async fn start_http(
     store: Store,
     bus: Arc<dyn Bus>,
     auth: Authenticator,
+    tier: Tier,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
+    let auth = Arc::new(auth);
     let service = ChatService::new(store.clone(), bus, config.limits.clone());
-    let state = AppState::new(service, Arc::new(auth), metrics);
-    let router = community_chat_api::router(state, &config).map_err(|e| anyhow::anyhow!(e))?;
+    let state = AppState::new(service.clone(), auth.clone(), metrics.clone());
+    let mut router = match tier {
+        Tier::Gateway => community_chat_api::ops_router(state),
+        Tier::Both | Tier::Api => community_chat_api::router(state, &config).map_err(|e| anyhow::anyhow!(e))?,
+    };
+    let mut gateway = None;
+    if tier != Tier::Api {
+        let (layer, handle) = community_chat_gateway::build(service, auth, config.gateway.clone(), &metrics);
+        router = router.layer(layer);
+        gateway = Some(handle);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen_addr)
         .await
         .with_context(|| format!("LISTEN_ADDR {}: cannot listen", config.listen_addr))?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "listening");
     println!("listening on http://{local}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let drain = async move {
+        shutdown_signal().await;
+        if let Some(gateway) = gateway {
+            // Sockets are told to go; their clients reconnect to another gateway and catch up.
+            gateway.disconnect_all();
+        }
+    };
+    axum::serve(listener, router).with_graceful_shutdown(drain).await?;
     tracing::info!("stopped");
     store.close().await;
     Ok(())

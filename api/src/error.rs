@@ -32,8 +32,7 @@ impl From<DomainError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.0.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if self.0.is_server_error() {
             tracing::error!(error = %self.0, status = status.as_u16(), "request failed");
         } else {
@@ -62,12 +61,8 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonSyntaxError(e) => {
                 DomainError::invalid(format!("malformed JSON: {}", serde_detail(&e.body_text())))
             }
-            JsonRejection::MissingJsonContentType(_) => {
-                DomainError::invalid("Content-Type must be application/json")
-            }
-            _ if status == StatusCode::PAYLOAD_TOO_LARGE => {
-                DomainError::TooLarge("request body is too large".into())
-            }
+            JsonRejection::MissingJsonContentType(_) => DomainError::invalid("Content-Type must be application/json"),
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => DomainError::TooLarge("request body is too large".into()),
             other => DomainError::invalid(other.body_text()),
         })
     }
@@ -93,8 +88,5 @@ impl From<PathRejection> for ApiError {
 
 /// axum prefixes serde's message with its own; keep the part that names the field.
 fn serde_detail(text: &str) -> String {
-    text.rsplit_once(": ")
-        .map(|(_, d)| d)
-        .unwrap_or(text)
-        .to_owned()
+    text.rsplit_once(": ").map(|(_, d)| d).unwrap_or(text).to_owned()
 }

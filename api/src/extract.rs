@@ -17,24 +17,16 @@ pub struct AuthCaller(pub Caller);
 impl FromRequestParts<AppState> for AuthCaller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let headers = &parts.headers;
         let token = match headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
             None => {
-                return Err(DomainError::Unauthenticated(
-                    "missing Authorization: Bearer token".into(),
-                )
-                .into());
+                return Err(DomainError::Unauthenticated("missing Authorization: Bearer token".into()).into());
             }
             Some(value) => value
                 .strip_prefix("Bearer ")
                 .or_else(|| value.strip_prefix("bearer "))
-                .ok_or_else(|| {
-                    DomainError::Unauthenticated("Authorization must be 'Bearer <token>'".into())
-                })?,
+                .ok_or_else(|| DomainError::Unauthenticated("Authorization must be 'Bearer <token>'".into()))?,
         };
         let org = headers
             .get("orgid")

@@ -16,9 +16,7 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use community_chat_shared::{
-    auth::Authenticator, config::Config, domain::ChatService, metrics::Metrics,
-};
+use community_chat_shared::{auth::Authenticator, config::Config, domain::ChatService, metrics::Metrics};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{
     Modify, OpenApi,
@@ -67,19 +65,13 @@ impl Modify for BearerAuth {
 /// registration, so they cannot disagree.
 fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(
-            routes::groups::create_group,
-            routes::groups::list_groups
-        ))
+        .routes(routes!(routes::groups::create_group, routes::groups::list_groups))
         .routes(routes!(
             routes::groups::get_group,
             routes::groups::update_group,
             routes::groups::delete_group
         ))
-        .routes(routes!(
-            routes::messages::post_message,
-            routes::messages::history
-        ))
+        .routes(routes!(routes::messages::post_message, routes::messages::history))
         .routes(routes!(routes::members::add_member))
         .routes(routes!(routes::members::remove_member))
         .routes(routes!(health::healthz))
@@ -95,9 +87,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 impl AppState {
     pub fn new(service: ChatService, auth: Arc<Authenticator>, metrics: Arc<Metrics>) -> Self {
-        let openapi = openapi_document()
-            .to_pretty_json()
-            .unwrap_or_else(|_| "{}".to_owned());
+        let openapi = openapi_document().to_pretty_json().unwrap_or_else(|_| "{}".to_owned());
         Self {
             service,
             auth,
@@ -120,15 +110,23 @@ pub fn router(state: AppState, config: &Config) -> Result<Router, String> {
             )
         })
         .layer(DefaultBodyLimit::max(config.limits.max_body_bytes as usize))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            observe_request,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), observe_request))
         .with_state(state);
     if let Some(cors) = cors_layer(config.cors_origins.as_deref())? {
         router = router.layer(cors);
     }
     Ok(router)
+}
+
+/// The operational routes only (`/healthz`, `/readyz`, `/metrics`), for gateway processes.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", axum::routing::get(health::healthz))
+        .route("/readyz", axum::routing::get(health::readyz))
+        .route("/metrics", axum::routing::get(health::metrics))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), observe_request))
+        .with_state(state)
 }
 
 fn cors_layer(origins: Option<&str>) -> Result<Option<CorsLayer>, String> {
@@ -140,10 +138,7 @@ fn cors_layer(origins: Option<&str>) -> Result<Option<CorsLayer>, String> {
     } else {
         let list = origins
             .split(',')
-            .map(|o| {
-                HeaderValue::from_str(o.trim())
-                    .map_err(|_| format!("CORS_ORIGINS has an invalid origin '{o}'"))
-            })
+            .map(|o| HeaderValue::from_str(o.trim()).map_err(|_| format!("CORS_ORIGINS has an invalid origin '{o}'")))
             .collect::<Result<Vec<_>, _>>()?;
         AllowOrigin::list(list)
     };
@@ -189,15 +184,7 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
     let status = response.status().as_u16();
     span.record("status", status);
     span.record("latency_ms", latency.as_secs_f64() * 1000.0);
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            "request"
-        )
-    });
-    state
-        .metrics
-        .record_http(method.as_str(), &route, status, latency);
+    span.in_scope(|| tracing::info!(status, latency_ms = latency.as_secs_f64() * 1000.0, "request"));
+    state.metrics.record_http(method.as_str(), &route, status, latency);
     response
 }

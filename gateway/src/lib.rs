@@ -1,1 +1,200 @@
+//! The socket.io tier: the `/community-chat` namespace (socketioxide), fed by the event bus.
+//!
+//! - [`connection`]: the handshake (auth, auto-join, subscribe) and disconnect.
+//! - [`events`]: `sendGroupMessage`, `joinGroup`, `leaveGroup`, `groupTyping`.
+//! - [`fanout`]: bus envelopes to local sockets, in seq order.
+//! - [`subscriptions`]: reference-counted bus subscriptions.
+//! - [`session`], [`reply`], [`rooms`]: per-socket state, answers, room names.
 
+mod connection;
+mod events;
+mod fanout;
+mod reply;
+pub mod rooms;
+mod session;
+mod subscriptions;
+
+use std::{
+    fmt::Write,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use community_chat_shared::{auth::Authenticator, config::GatewayLimits, domain::ChatService, metrics::Metrics};
+use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer};
+
+pub use subscriptions::Subscriptions;
+
+/// The namespace of the spec.
+pub const NAMESPACE: &str = "/community-chat";
+
+/// Counters of the gateway, rendered on `/metrics`.
+#[derive(Default)]
+pub struct GatewayMetrics {
+    pub sockets: AtomicI64,
+    pub events_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub events_lagged: AtomicU64,
+    pub duplicates_dropped: AtomicU64,
+    pub gap_fills: AtomicU64,
+    pub gaps_skipped: AtomicU64,
+    pub slow_clients_disconnected: AtomicU64,
+    pub fanout_messages: AtomicU64,
+    pub fanout_latency_ms_sum: AtomicU64,
+}
+
+/// What the socket handlers reach through socketioxide's state.
+pub struct Gateway {
+    pub service: ChatService,
+    pub auth: Arc<Authenticator>,
+    pub subscriptions: Subscriptions,
+    pub limits: GatewayLimits,
+    pub metrics: Arc<GatewayMetrics>,
+    io: std::sync::OnceLock<SocketIo>,
+}
+
+impl Gateway {
+    /// The local sockets in a room of the namespace.
+    fn namespace_sockets(&self, room: &str) -> Vec<socketioxide::extract::SocketRef> {
+        match self.io.get().and_then(|io| io.of(NAMESPACE)) {
+            Some(ns) => ns.to(room.to_owned()).sockets(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// A running gateway: its socket.io handle, for shutdown and tests.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    pub io: SocketIo,
+    pub gateway: Arc<Gateway>,
+}
+
+impl GatewayHandle {
+    /// Sockets connected to this process.
+    pub fn socket_count(&self) -> usize {
+        self.io.of(NAMESPACE).map(|ns| ns.sockets().len()).unwrap_or(0)
+    }
+
+    /// Disconnects every socket (they reconnect elsewhere and catch up by seq).
+    pub fn disconnect_all(&self) {
+        if let Some(ns) = self.io.of(NAMESPACE) {
+            for socket in ns.sockets() {
+                if let Err(e) = socket.disconnect() {
+                    tracing::debug!(error = %e, "disconnect at shutdown failed");
+                }
+            }
+        }
+    }
+}
+
+/// Builds the socket.io layer for `/community-chat` and starts the fan-out from the bus.
+pub fn build(
+    service: ChatService,
+    auth: Arc<Authenticator>,
+    limits: GatewayLimits,
+    metrics: &Metrics,
+) -> (SocketIoLayer, GatewayHandle) {
+    let bus = service.bus().clone();
+    let gateway = Arc::new(Gateway {
+        subscriptions: Subscriptions::start(bus.clone()),
+        service,
+        auth,
+        limits: limits.clone(),
+        metrics: Arc::new(GatewayMetrics::default()),
+        io: std::sync::OnceLock::new(),
+    });
+    let (layer, io) = SocketIo::builder()
+        .with_state(gateway.clone())
+        .transports([TransportType::Polling, TransportType::Websocket])
+        .ping_interval(Duration::from_millis(limits.socket_ping_interval_ms))
+        .ping_timeout(Duration::from_millis(limits.socket_ping_timeout_ms))
+        .max_buffer_size(limits.socket_max_queued_packets as usize)
+        .max_payload(u64::from(limits.socket_max_payload_bytes))
+        .ws_max_message_size(limits.socket_max_payload_bytes as usize)
+        .ws_max_frame_size(limits.socket_max_payload_bytes as usize)
+        .ws_read_buffer_size(limits.socket_read_buffer_bytes as usize)
+        .build_layer();
+    io.ns(NAMESPACE, connection::connected.with(connection::handshake));
+    if gateway.io.set(io.clone()).is_err() {
+        tracing::error!("gateway io set twice");
+    }
+    tokio::spawn(fanout::run(gateway.clone(), bus.deliveries()));
+    register_metrics(metrics, &gateway);
+    (layer, GatewayHandle { io, gateway })
+}
+
+fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
+    let m = gateway.metrics.clone();
+    let subscriptions = gateway.subscriptions.active.clone();
+    metrics.add_source(move |out| {
+        let counters: [(&str, &str, u64); 9] = [
+            (
+                "gateway_events_in_total",
+                "Bus events received by this gateway.",
+                m.events_in.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_events_out_total",
+                "Socket emits of bus events.",
+                m.events_out.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_events_lagged_total",
+                "Bus events skipped because the fan-out fell behind.",
+                m.events_lagged.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_duplicates_dropped_total",
+                "Messages dropped as already sent.",
+                m.duplicates_dropped.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_gap_fills_total",
+                "Store fetches of messages missing from the bus.",
+                m.gap_fills.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_gaps_skipped_total",
+                "Gaps given up on (clients catch up).",
+                m.gaps_skipped.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_slow_clients_disconnected_total",
+                "Sockets disconnected for a full queue.",
+                m.slow_clients_disconnected.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_fanout_messages_total",
+                "Messages fanned out to rooms.",
+                m.fanout_messages.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_fanout_latency_ms_sum",
+                "Sum of commit-to-emit milliseconds of fanned-out messages.",
+                m.fanout_latency_ms_sum.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        }
+        let gauges: [(&str, &str, i64); 2] = [
+            (
+                "gateway_sockets_connected",
+                "Sockets connected to this gateway.",
+                m.sockets.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_bus_subscriptions",
+                "Bus topics this gateway is subscribed to.",
+                subscriptions.load(Ordering::Relaxed) as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+    });
+}

@@ -45,38 +45,37 @@ impl Authenticator {
     /// Builds the verifier from config. With no key at all and `generate_dev_secret`, a random
     /// secret is created (once) in `DATA_DIR/jwt-secret` and reused on the next start.
     pub fn from_config(config: &Config, generate_dev_secret: bool) -> anyhow::Result<Self> {
-        let (decoding, encoding, algorithm, key_source) =
-            if let Some(path) = &config.jwt_public_key_file {
-                let pem = std::fs::read(path)
-                    .map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
-                let algorithm = config.jwt_algorithm.unwrap_or(JwtAlgorithm::Rs256);
-                let key = match algorithm {
-                    JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(&pem),
-                    _ => DecodingKey::from_rsa_pem(&pem),
-                }
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "JWT_PUBLIC_KEY_FILE {} is not a {algorithm:?} public key: {e}",
-                        path.display()
-                    )
-                })?;
-                (key, None, algorithm, KeySource::Configured)
-            } else {
-                let (secret, source) = match &config.jwt_secret {
-                    Some(secret) => (secret.clone(), KeySource::Configured),
-                    None => {
-                        let path = config.data_dir.join("jwt-secret");
-                        let secret = read_or_create_dev_secret(&path, generate_dev_secret)?;
-                        (secret, KeySource::Generated(path))
-                    }
-                };
-                (
-                    DecodingKey::from_secret(secret.as_bytes()),
-                    Some(EncodingKey::from_secret(secret.as_bytes())),
-                    JwtAlgorithm::Hs256,
-                    source,
+        let (decoding, encoding, algorithm, key_source) = if let Some(path) = &config.jwt_public_key_file {
+            let pem =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
+            let algorithm = config.jwt_algorithm.unwrap_or(JwtAlgorithm::Rs256);
+            let key = match algorithm {
+                JwtAlgorithm::Es256 => DecodingKey::from_ec_pem(&pem),
+                _ => DecodingKey::from_rsa_pem(&pem),
+            }
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "JWT_PUBLIC_KEY_FILE {} is not a {algorithm:?} public key: {e}",
+                    path.display()
                 )
+            })?;
+            (key, None, algorithm, KeySource::Configured)
+        } else {
+            let (secret, source) = match &config.jwt_secret {
+                Some(secret) => (secret.clone(), KeySource::Configured),
+                None => {
+                    let path = config.data_dir.join("jwt-secret");
+                    let secret = read_or_create_dev_secret(&path, generate_dev_secret)?;
+                    (secret, KeySource::Generated(path))
+                }
             };
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Some(EncodingKey::from_secret(secret.as_bytes())),
+                JwtAlgorithm::Hs256,
+                source,
+            )
+        };
         let mut validation = Validation::new(match algorithm {
             JwtAlgorithm::Hs256 => Algorithm::HS256,
             JwtAlgorithm::Rs256 => Algorithm::RS256,
@@ -108,34 +107,25 @@ impl Authenticator {
         if token.is_empty() {
             return Err(DomainError::Unauthenticated("missing token".into()));
         }
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
-                .map_err(|e| DomainError::Unauthenticated(describe_jwt_error(e.kind())))?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
+            .map_err(|e| DomainError::Unauthenticated(describe_jwt_error(e.kind())))?;
         let claims = data.claims;
         let token_org = claims
             .get(&self.org_claim)
             .and_then(Value::as_str)
-            .ok_or_else(|| {
-                DomainError::Unauthenticated(format!("token has no '{}' claim", self.org_claim))
-            })?;
+            .ok_or_else(|| DomainError::Unauthenticated(format!("token has no '{}' claim", self.org_claim)))?;
         if token_org != org.as_str() {
-            return Err(DomainError::forbidden(
-                "token org does not match the orgid given",
-            ));
+            return Err(DomainError::forbidden("token org does not match the orgid given"));
         }
         let email = claims
             .get(&self.email_claim)
             .or_else(|| claims.get("sub"))
             .and_then(Value::as_str)
             .ok_or_else(|| {
-                DomainError::Unauthenticated(format!(
-                    "token has no '{}' or 'sub' claim",
-                    self.email_claim
-                ))
+                DomainError::Unauthenticated(format!("token has no '{}' or 'sub' claim", self.email_claim))
             })?;
-        let email = Email::parse(email).map_err(|_| {
-            DomainError::Unauthenticated("token e-mail claim is not an e-mail address".into())
-        })?;
+        let email = Email::parse(email)
+            .map_err(|_| DomainError::Unauthenticated("token e-mail claim is not an e-mail address".into()))?;
         Ok(Caller {
             org: org.clone(),
             email,
@@ -144,10 +134,9 @@ impl Authenticator {
 
     /// Mints an HS256 token for development and tests. Fails with a public key configured.
     pub fn mint(&self, org: &OrgId, email: &Email, ttl: Duration) -> anyhow::Result<String> {
-        let key = self
-            .encoding
-            .as_ref()
-            .ok_or_else(|| anyhow::anyhow!("minting needs JWT_SECRET (HS256); with a public key, mint with your identity provider"))?;
+        let key = self.encoding.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("minting needs JWT_SECRET (HS256); with a public key, mint with your identity provider")
+        })?;
         let now = jsonwebtoken::get_current_timestamp();
         let mut claims = Map::new();
         claims.insert(self.email_claim.clone(), Value::from(email.as_str()));
@@ -161,11 +150,7 @@ impl Authenticator {
         if let Some(aud) = self.validation.aud.as_ref().and_then(|s| s.iter().next()) {
             claims.insert("aud".into(), Value::from(aud.as_str()));
         }
-        Ok(jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            key,
-        )?)
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)?)
     }
 }
 
@@ -201,8 +186,7 @@ fn read_or_create_dev_secret(path: &Path, create: bool) -> anyhow::Result<String
     rand::rng().fill_bytes(&mut bytes);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("DATA_DIR {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("DATA_DIR {}: {e}", dir.display()))?;
     }
     write_private_file(path, &secret)?;
     Ok(secret)
@@ -223,6 +207,5 @@ fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
 
 #[cfg(not(unix))]
 fn write_private_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))
+    std::fs::write(path, contents).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))
 }

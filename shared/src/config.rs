@@ -43,6 +43,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Use sharded pub/sub (SPUBLISH/SSUBSCRIBE), as a Redis Cluster needs. On by default with a
+    /// `redis-cluster://` URL.
+    #[arg(long, env = "REDIS_SHARDED_PUBSUB")]
+    pub redis_sharded_pubsub: Option<bool>,
+
     /// Prefix of every Redis channel, so several deployments or test runs can share one Redis.
     #[arg(long, env = "REDIS_CHANNEL_PREFIX", default_value = "community-chat")]
     pub redis_channel_prefix: String,
@@ -102,6 +107,49 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    #[command(flatten)]
+    pub gateway: GatewayLimits,
+}
+
+/// Per-socket bounds of the socket.io gateway: memory and abuse stay bounded per connection.
+#[derive(Clone, Debug, Args)]
+pub struct GatewayLimits {
+    /// Most packets queued to one socket; a client that falls this far behind is disconnected
+    /// (it reconnects and catches up by seq).
+    #[arg(long, env = "SOCKET_MAX_QUEUED_PACKETS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=65_536))]
+    pub socket_max_queued_packets: u32,
+
+    /// Most `sendGroupMessage` events per socket per second (burst: twice that); over it the
+    /// send is answered with a 429 error.
+    #[arg(long, env = "SOCKET_SENDS_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub socket_sends_per_second: u32,
+
+    /// Most bytes in one incoming socket.io message; larger ones close the connection.
+    #[arg(long, env = "SOCKET_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub socket_max_payload_bytes: u32,
+
+    /// Bytes of the WebSocket read buffer per connection (small: memory per socket matters).
+    #[arg(long, env = "SOCKET_READ_BUFFER_BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(512..))]
+    pub socket_read_buffer_bytes: u32,
+
+    /// Least milliseconds between two relayed `groupTyping` events of one user in one group
+    /// (a change between typing and not typing always passes).
+    #[arg(long, env = "TYPING_THROTTLE_MS", default_value_t = 1000)]
+    pub typing_throttle_ms: u64,
+
+    /// Engine.IO ping interval in milliseconds.
+    #[arg(long, env = "SOCKET_PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub socket_ping_interval_ms: u64,
+
+    /// Engine.IO ping timeout in milliseconds: a client silent this long after a ping is dropped.
+    #[arg(long, env = "SOCKET_PING_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub socket_ping_timeout_ms: u64,
+
+    /// Milliseconds the gateway holds an out-of-order message before fetching the missing ones
+    /// from the store.
+    #[arg(long, env = "GAP_FILL_DELAY_MS", default_value_t = 150)]
+    pub gap_fill_delay_ms: u64,
 }
 
 /// Input limits. Requests over them answer 400 (fields) or 413 (the body) and change nothing.
@@ -150,9 +198,7 @@ impl Default for Limits {
             max_description_chars: 1_000,
             max_body_bytes: 1_048_576,
             max_initial_members: 1_000,
-            content_types: ["text", "markdown", "image", "file", "link"]
-                .map(String::from)
-                .to_vec(),
+            content_types: ["text", "markdown", "image", "file", "link"].map(String::from).to_vec(),
         }
     }
 }
@@ -168,11 +214,7 @@ impl Config {
         {
             anyhow::bail!("JWT_SECRET is shorter than 16 bytes");
         }
-        match (
-            self.jwt_algorithm,
-            &self.jwt_public_key_file,
-            &self.jwt_secret,
-        ) {
+        match (self.jwt_algorithm, &self.jwt_public_key_file, &self.jwt_secret) {
             (Some(JwtAlgorithm::Hs256), Some(_), _) => {
                 anyhow::bail!("JWT_ALGORITHM=HS256 needs JWT_SECRET, not JWT_PUBLIC_KEY_FILE")
             }
@@ -182,38 +224,24 @@ impl Config {
             _ => {}
         }
         if let Some(url) = &self.database_url
-            && !(url.starts_with("postgres://")
-                || url.starts_with("postgresql://")
-                || url.starts_with("sqlite:"))
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:"))
         {
             anyhow::bail!("DATABASE_URL must start with postgres://, postgresql:// or sqlite:");
         }
         if let Some(url) = &self.redis_url
-            && ![
-                "redis://",
-                "rediss://",
-                "redis-cluster://",
-                "rediss-cluster://",
-            ]
-            .iter()
-            .any(|p| url.starts_with(p))
+            && !["redis://", "rediss://", "redis-cluster://", "rediss-cluster://"]
+                .iter()
+                .any(|p| url.starts_with(p))
         {
             anyhow::bail!("REDIS_URL must start with redis://, rediss:// or redis-cluster://");
         }
-        if self.redis_channel_prefix.is_empty()
-            || self.redis_channel_prefix.contains(char::is_whitespace)
-        {
+        if self.redis_channel_prefix.is_empty() || self.redis_channel_prefix.contains(char::is_whitespace) {
             anyhow::bail!("REDIS_CHANNEL_PREFIX must be non-empty without spaces");
         }
         if self.jwt_email_claim.is_empty() || self.jwt_org_claim.is_empty() {
             anyhow::bail!("JWT_EMAIL_CLAIM and JWT_ORG_CLAIM must not be empty");
         }
-        if self
-            .limits
-            .content_types
-            .iter()
-            .any(|t| t.trim().is_empty())
-        {
+        if self.limits.content_types.iter().any(|t| t.trim().is_empty()) {
             anyhow::bail!("CONTENT_TYPES has an empty entry");
         }
         tracing_subscriber::EnvFilter::try_new(&self.rust_log)
@@ -237,8 +265,7 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         use clap::Parser;
-        let args = std::iter::once(std::ffi::OsString::from("community-chat"))
-            .chain(flags.into_iter().map(Into::into));
+        let args = std::iter::once(std::ffi::OsString::from("community-chat")).chain(flags.into_iter().map(Into::into));
         ConfigOnly::try_parse_from(args).map(|c| c.config)
     }
 }

@@ -83,8 +83,7 @@ impl From<sea_orm::DbErr> for DomainError {
         use sea_orm::DbErr;
         match &err {
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => Self::Unavailable(err.to_string()),
-            DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
-            | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
+            DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)) | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
                 if is_connection_error(e.as_ref()) =>
             {
                 Self::Unavailable(err.to_string())

@@ -25,10 +25,7 @@ impl OrgId {
         if value.len() > Self::MAX_LEN {
             return Err(DomainError::invalid("orgid is longer than 128 characters"));
         }
-        if value
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || c == ':')
-        {
+        if value.chars().any(|c| c.is_control() || c.is_whitespace() || c == ':') {
             return Err(DomainError::invalid(
                 "orgid must not contain spaces, control characters or ':'",
             ));
@@ -65,8 +62,7 @@ impl Email {
 
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
         let value = raw.trim().to_lowercase();
-        let invalid =
-            || DomainError::invalid(format!("'{}' is not a valid e-mail address", raw.trim()));
+        let invalid = || DomainError::invalid(format!("'{}' is not a valid e-mail address", raw.trim()));
         if value.is_empty() || value.len() > Self::MAX_LEN {
             return Err(invalid());
         }
@@ -150,10 +146,7 @@ mod tests {
 
     #[test]
     fn email_is_lower_cased_and_validated() {
-        assert_eq!(
-            Email::parse(" Ann@Example.COM ").unwrap().as_str(),
-            "ann@example.com"
-        );
+        assert_eq!(Email::parse(" Ann@Example.COM ").unwrap().as_str(), "ann@example.com");
         for bad in [
             "",
             "ann",

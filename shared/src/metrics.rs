@@ -10,9 +10,7 @@ use std::{
 };
 
 /// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 #[derive(Default)]
 struct HttpSeries {
@@ -38,9 +36,7 @@ impl Metrics {
         let Ok(mut http) = self.http.lock() else {
             return;
         };
-        let series = http
-            .entry((method.to_owned(), route.to_owned(), status))
-            .or_default();
+        let series = http.entry((method.to_owned(), route.to_owned(), status)).or_default();
         series.count += 1;
         series.sum_seconds += seconds;
         for (i, bound) in BUCKETS.iter().enumerate() {
@@ -87,10 +83,7 @@ impl Metrics {
                 "http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
             );
             let _ = writeln!(out, "http_request_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(
-                out,
-                "http_request_duration_seconds_count{{{labels}}} {count}"
-            );
+            let _ = writeln!(out, "http_request_duration_seconds_count{{{labels}}} {count}");
         }
         if let Ok(sources) = self.sources.read() {
             for source in sources.iter() {

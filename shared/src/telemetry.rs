@@ -18,9 +18,7 @@ pub fn init(config: &Config) {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init(),
     };
     if result.is_err() {
         // Already installed (tests start several servers in one process).

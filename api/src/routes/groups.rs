@@ -92,9 +92,7 @@ pub async fn get_group(
     AuthCaller(caller): AuthCaller,
     PathParams(id): PathParams<String>,
 ) -> Result<Json<Group>, ApiError> {
-    Ok(Json(
-        state.service.get_group(&caller, group_id(&id)?).await?,
-    ))
+    Ok(Json(state.service.get_group(&caller, group_id(&id)?).await?))
 }
 
 /// Rename, describe, change type or page (admins).

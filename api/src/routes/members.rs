@@ -27,14 +27,7 @@ pub async fn add_member(
 ) -> Result<(StatusCode, Json<Member>), ApiError> {
     let id = group_id(&id)?;
     let (member, added) = state.service.add_member(&caller, id, input).await?;
-    Ok((
-        if added {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(member),
-    ))
+    Ok((if added { StatusCode::CREATED } else { StatusCode::OK }, Json(member)))
 }
 
 /// Remove a member (admins), or leave (the member itself). The last admin cannot (409).

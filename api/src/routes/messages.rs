@@ -52,11 +52,7 @@ pub async fn post_message(
 ) -> Result<(StatusCode, Json<Message>), ApiError> {
     let id = group_id(&id)?;
     let (message, replayed) = state.service.post_message(&caller, id, input).await?;
-    let status = if replayed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(message)))
 }
 
@@ -72,10 +68,8 @@ pub async fn history(
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
     let id = group_id(&id)?;
-    let cursor_id = |raw: &str| {
-        MessageId::parse(raw)
-            .map_err(|_| DomainError::invalid(format!("'{raw}' is not a message id")))
-    };
+    let cursor_id =
+        |raw: &str| MessageId::parse(raw).map_err(|_| DomainError::invalid(format!("'{raw}' is not a message id")));
     let cursor = match (&query.before, &query.after, query.after_seq) {
         (None, None, None) => HistoryCursor::Latest,
         (Some(before), None, None) => HistoryCursor::Before(cursor_id(before)?),
@@ -83,10 +77,7 @@ pub async fn history(
         (None, None, Some(seq)) => HistoryCursor::AfterSeq(seq),
         _ => return Err(DomainError::invalid("use only one of before, after and afterSeq").into()),
     };
-    let page = state
-        .service
-        .history(&caller, id, cursor, query.limit)
-        .await?;
+    let page = state.service.history(&caller, id, cursor, query.limit).await?;
     Ok(Json(MessagePage {
         data: page.data,
         has_more: page.has_more,

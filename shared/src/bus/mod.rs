@@ -8,6 +8,7 @@
 //! `seq` and can be caught up from the store.
 
 mod in_process;
+mod redis;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use in_process::InProcessBus;
+pub use redis::RedisBus;
 
 use crate::{
     domain::model::{Group, Member, Message},
@@ -91,6 +93,13 @@ pub enum Event {
     RemovedFromGroup {
         group_id: GroupId,
     },
+    /// A member is typing: to the other members' sockets, never the sender's.
+    #[serde(rename_all = "camelCase")]
+    GroupTyping {
+        group_id: GroupId,
+        from: Email,
+        typing: bool,
+    },
 }
 
 impl Event {
@@ -104,6 +113,7 @@ impl Event {
             Event::GroupMemberRemoved { .. } => "groupMemberRemoved",
             Event::AddedToGroup { .. } => "addedToGroup",
             Event::RemovedFromGroup { .. } => "removedFromGroup",
+            Event::GroupTyping { .. } => "groupTyping",
         }
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::{
     model::{
-        AddMember, CreateGroup, Group, GroupType, HistoryCursor, ListGroups, Member, Message,
-        PostMessage, Role, UpdateGroup,
+        AddMember, CreateGroup, Group, GroupType, HistoryCursor, ListGroups, Member, Message, PostMessage, Role,
+        UpdateGroup,
     },
     validate,
 };
@@ -67,15 +67,10 @@ impl ChatService {
         &self.inner.limits
     }
 
-    pub async fn create_group(
-        &self,
-        caller: &Caller,
-        input: CreateGroup,
-    ) -> Result<Group, DomainError> {
+    pub async fn create_group(&self, caller: &Caller, input: CreateGroup) -> Result<Group, DomainError> {
         let limits = &self.inner.limits;
         let name = validate::name(limits, &input.name)?;
-        let description =
-            validate::description(limits, input.description.as_deref().unwrap_or(""))?;
+        let description = validate::description(limits, input.description.as_deref().unwrap_or(""))?;
         let page = validate::page(input.page.as_deref())?;
         if input.members.len() > limits.max_initial_members as usize {
             return Err(DomainError::invalid(format!(
@@ -133,11 +128,7 @@ impl ChatService {
         Ok(group)
     }
 
-    pub async fn list_groups(
-        &self,
-        caller: &Caller,
-        query: ListGroups,
-    ) -> Result<Page, DomainError> {
+    pub async fn list_groups(&self, caller: &Caller, query: ListGroups) -> Result<Page, DomainError> {
         let limit = validate::limit(
             Some(query.limit).filter(|l| *l != 0),
             DEFAULT_LIST_LIMIT,
@@ -158,10 +149,7 @@ impl ChatService {
                 .list_groups_of(&caller.org, &caller.email, page, limit, offset)
                 .await?
         };
-        let data = rows
-            .into_iter()
-            .map(GroupRow::into_group)
-            .collect::<Result<_, _>>()?;
+        let data = rows.into_iter().map(GroupRow::into_group).collect::<Result<_, _>>()?;
         Ok(Page { data, total })
     }
 
@@ -173,12 +161,7 @@ impl ChatService {
         Ok(group)
     }
 
-    pub async fn update_group(
-        &self,
-        caller: &Caller,
-        id: GroupId,
-        input: UpdateGroup,
-    ) -> Result<Group, DomainError> {
+    pub async fn update_group(&self, caller: &Caller, id: GroupId, input: UpdateGroup) -> Result<Group, DomainError> {
         let limits = &self.inner.limits;
         let current = self.visible_group(caller, id).await?;
         require_admin(&current, "only admins can change the group")?;
@@ -203,11 +186,7 @@ impl ChatService {
             .update_group(row)
             .await?
             .ok_or_else(|| DomainError::not_found("group not found"))?;
-        let group = GroupRow {
-            row: saved,
-            my_role,
-        }
-        .into_group()?;
+        let group = GroupRow { row: saved, my_role }.into_group()?;
         self.publish_all([Envelope {
             topic: Topic::group(&caller.org, id),
             event: Event::GroupUpdated {
@@ -251,16 +230,9 @@ impl ChatService {
             ));
         }
         if let Some(reply_to) = input.reply_to
-            && self
-                .inner
-                .store
-                .seq_of(&caller.org, id, reply_to)
-                .await?
-                .is_none()
+            && self.inner.store.seq_of(&caller.org, id, reply_to).await?.is_none()
         {
-            return Err(DomainError::invalid(
-                "replyTo is not a message of this group",
-            ));
+            return Err(DomainError::invalid("replyTo is not a message of this group"));
         }
         let message = Message {
             id: MessageId::new_v7(),
@@ -305,11 +277,7 @@ impl ChatService {
                 .ok_or_else(|| DomainError::invalid("cursor is not a message of this group"))
         };
         let mut data = match cursor {
-            HistoryCursor::Latest => {
-                store
-                    .messages_before(&caller.org, id, None, limit + 1)
-                    .await?
-            }
+            HistoryCursor::Latest => store.messages_before(&caller.org, id, None, limit + 1).await?,
             HistoryCursor::Before(m) => {
                 store
                     .messages_before(&caller.org, id, Some(seq_of(m).await?), limit + 1)
@@ -323,11 +291,7 @@ impl ChatService {
             HistoryCursor::AfterSeq(seq) if seq < 0 => {
                 return Err(DomainError::invalid("afterSeq must be 0 or more"));
             }
-            HistoryCursor::AfterSeq(seq) => {
-                store
-                    .messages_after(&caller.org, id, seq, limit + 1)
-                    .await?
-            }
+            HistoryCursor::AfterSeq(seq) => store.messages_after(&caller.org, id, seq, limit + 1).await?,
         };
         let has_more = data.len() as u64 > limit;
         data.truncate(limit as usize);
@@ -349,9 +313,7 @@ impl ChatService {
             && role == Role::Member
             && group.my_role.is_none();
         if !is_admin && !self_join {
-            return Err(DomainError::forbidden(
-                "only admins can add members or change roles",
-            ));
+            return Err(DomainError::forbidden("only admins can add members or change roles"));
         }
         let change = self
             .inner
@@ -371,11 +333,7 @@ impl ChatService {
                 },
             }];
             if change == MemberChange::Added
-                && let Some(row) = self
-                    .inner
-                    .store
-                    .find_group(&caller.org, id, &member.email)
-                    .await?
+                && let Some(row) = self.inner.store.find_group(&caller.org, id, &member.email).await?
             {
                 events.push(Envelope {
                     topic: Topic::user(&caller.org, &member.email),
@@ -389,23 +347,13 @@ impl ChatService {
         Ok((member, change == MemberChange::Added))
     }
 
-    pub async fn remove_member(
-        &self,
-        caller: &Caller,
-        id: GroupId,
-        email: &Email,
-    ) -> Result<(), DomainError> {
+    pub async fn remove_member(&self, caller: &Caller, id: GroupId, email: &Email) -> Result<(), DomainError> {
         let group = self.visible_group(caller, id).await?;
         let is_admin = group.my_role.is_some_and(Role::can_manage);
         if !is_admin && *email != caller.email {
-            return Err(DomainError::forbidden(
-                "only admins can remove other members",
-            ));
+            return Err(DomainError::forbidden("only admins can remove other members"));
         }
-        self.inner
-            .store
-            .remove_member(&caller.org, id, email)
-            .await?;
+        self.inner.store.remove_member(&caller.org, id, email).await?;
         self.publish_all([
             Envelope {
                 topic: Topic::user(&caller.org, email),
@@ -425,10 +373,7 @@ impl ChatService {
 
     /// The ids of the caller's groups (the socket auto-join).
     pub async fn my_group_ids(&self, caller: &Caller) -> Result<Vec<GroupId>, DomainError> {
-        self.inner
-            .store
-            .group_ids_of(&caller.org, &caller.email)
-            .await
+        self.inner.store.group_ids_of(&caller.org, &caller.email).await
     }
 
     /// 404 unless the caller is a member (`joinGroup`; private and public alike).
@@ -442,15 +387,8 @@ impl ChatService {
     /// The group if the caller may see it: members always, others only when it is public.
     /// Everything else is 404, so a private group's existence does not leak.
     async fn visible_group(&self, caller: &Caller, id: GroupId) -> Result<GroupRow, DomainError> {
-        match self
-            .inner
-            .store
-            .find_group(&caller.org, id, &caller.email)
-            .await?
-        {
-            Some(g) if g.my_role.is_some() || g.row.group_type == GroupType::Public.as_str() => {
-                Ok(g)
-            }
+        match self.inner.store.find_group(&caller.org, id, &caller.email).await? {
+            Some(g) if g.my_role.is_some() || g.row.group_type == GroupType::Public.as_str() => Ok(g),
             _ => Err(DomainError::not_found("group not found")),
         }
     }

@@ -23,9 +23,7 @@ pub fn name(limits: &Limits, raw: &str) -> Result<String, DomainError> {
         )));
     }
     if value.chars().any(char::is_control) {
-        return Err(DomainError::invalid(
-            "name must not contain control characters",
-        ));
+        return Err(DomainError::invalid("name must not contain control characters"));
     }
     Ok(value.to_owned())
 }
@@ -43,15 +41,11 @@ pub fn description(limits: &Limits, raw: &str) -> Result<String, DomainError> {
 pub fn page(raw: Option<&str>) -> Result<Option<String>, DomainError> {
     match raw.map(str::trim) {
         None => Ok(None),
-        Some("") => Err(DomainError::invalid(
-            "page must not be empty (send null to detach)",
-        )),
-        Some(p) if chars(p) > 200 => {
-            Err(DomainError::invalid("page is longer than 200 characters"))
+        Some("") => Err(DomainError::invalid("page must not be empty (send null to detach)")),
+        Some(p) if chars(p) > 200 => Err(DomainError::invalid("page is longer than 200 characters")),
+        Some(p) if p.chars().any(char::is_control) => {
+            Err(DomainError::invalid("page must not contain control characters"))
         }
-        Some(p) if p.chars().any(char::is_control) => Err(DomainError::invalid(
-            "page must not contain control characters",
-        )),
         Some(p) => Ok(Some(p.to_owned())),
     }
 }
@@ -93,9 +87,7 @@ pub fn message(limits: &Limits, input: &PostMessage) -> Result<String, DomainErr
 
 fn attachment(a: &Attachment) -> Result<(), DomainError> {
     if a.url.trim().is_empty() || chars(&a.url) > 2048 {
-        return Err(DomainError::invalid(
-            "attachment url must be 1 to 2048 characters",
-        ));
+        return Err(DomainError::invalid("attachment url must be 1 to 2048 characters"));
     }
     let too_long = |v: &Option<String>| v.as_ref().is_some_and(|s| chars(s) > 255);
     if too_long(&a.name) || too_long(&a.mime_type) {
@@ -111,8 +103,6 @@ pub fn limit(raw: Option<u64>, default: u64, max: u64) -> Result<u64, DomainErro
     match raw {
         None => Ok(default),
         Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(_) => Err(DomainError::invalid(format!(
-            "limit must be between 1 and {max}"
-        ))),
+        Some(_) => Err(DomainError::invalid(format!("limit must be between 1 and {max}"))),
     }
 }

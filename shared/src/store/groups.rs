@@ -1,8 +1,8 @@
 //! Group and membership queries.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, FromQueryResult, JoinType, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, RelationTrait, sea_query::Expr, sea_query::ExprTrait,
+    ActiveValue::Set, ColumnTrait, EntityTrait, FromQueryResult, JoinType, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, RelationTrait, sea_query::Expr, sea_query::ExprTrait,
 };
 use uuid::Uuid;
 
@@ -30,9 +30,8 @@ impl GroupRow {
             org_id: OrgId::parse(&row.org_id)?,
             name: row.name,
             description: row.description,
-            group_type: GroupType::parse(&row.group_type).ok_or_else(|| {
-                DomainError::Internal(format!("stored group type '{}'", row.group_type))
-            })?,
+            group_type: GroupType::parse(&row.group_type)
+                .ok_or_else(|| DomainError::Internal(format!("stored group type '{}'", row.group_type)))?,
             page: row.page,
             created_by: Email::parse(&row.created_by)?,
             created_at: row.created_at,
@@ -95,11 +94,7 @@ fn parse_role(raw: &str) -> Result<Role, DomainError> {
 
 impl Store {
     /// Inserts a group and its first members in one transaction.
-    pub async fn insert_group(
-        &self,
-        group: groups::Model,
-        members: &[Member],
-    ) -> Result<(), DomainError> {
+    pub async fn insert_group(&self, group: groups::Model, members: &[Member]) -> Result<(), DomainError> {
         let write = self.begin_write().await?;
         let joined_at = group.created_at;
         let (org_id, group_id) = (group.org_id.clone(), group.id);
@@ -123,12 +118,7 @@ impl Store {
     }
 
     /// The group and the caller's role in it (`None`: not a member).
-    pub async fn find_group(
-        &self,
-        org: &OrgId,
-        id: GroupId,
-        caller: &Email,
-    ) -> Result<Option<GroupRow>, DomainError> {
+    pub async fn find_group(&self, org: &OrgId, id: GroupId, caller: &Email) -> Result<Option<GroupRow>, DomainError> {
         let Some(row) = groups::Entity::find_by_id((org.as_str().to_owned(), id.0))
             .one(&self.db)
             .await?
@@ -139,19 +129,10 @@ impl Store {
         Ok(Some(GroupRow { row, my_role }))
     }
 
-    pub async fn role_of(
-        &self,
-        org: &OrgId,
-        id: GroupId,
-        email: &Email,
-    ) -> Result<Option<Role>, DomainError> {
-        let member = group_members::Entity::find_by_id((
-            org.as_str().to_owned(),
-            id.0,
-            email.as_str().to_owned(),
-        ))
-        .one(&self.db)
-        .await?;
+    pub async fn role_of(&self, org: &OrgId, id: GroupId, email: &Email) -> Result<Option<Role>, DomainError> {
+        let member = group_members::Entity::find_by_id((org.as_str().to_owned(), id.0, email.as_str().to_owned()))
+            .one(&self.db)
+            .await?;
         member.map(|m| parse_role(&m.role)).transpose()
     }
 
@@ -183,10 +164,7 @@ impl Store {
         offset: u64,
     ) -> Result<(Vec<GroupRow>, u64), DomainError> {
         let mut query = groups::Entity::find()
-            .join(
-                JoinType::InnerJoin,
-                group_members::Relation::Group.def().rev(),
-            )
+            .join(JoinType::InnerJoin, group_members::Relation::Group.def().rev())
             .filter(group_members::Column::OrgId.eq(org.as_str()))
             .filter(group_members::Column::Email.eq(email.as_str()));
         if let Some(page) = page {
@@ -249,11 +227,7 @@ impl Store {
     }
 
     /// Ids of every group the user belongs to (the socket auto-join), in one query.
-    pub async fn group_ids_of(
-        &self,
-        org: &OrgId,
-        email: &Email,
-    ) -> Result<Vec<GroupId>, DomainError> {
+    pub async fn group_ids_of(&self, org: &OrgId, email: &Email) -> Result<Vec<GroupId>, DomainError> {
         let ids: Vec<Uuid> = group_members::Entity::find()
             .select_only()
             .column(group_members::Column::GroupId)
@@ -266,21 +240,12 @@ impl Store {
     }
 
     /// Saves changed fields; returns the new row, or `None` if the group is gone.
-    pub async fn update_group(
-        &self,
-        updated: groups::Model,
-    ) -> Result<Option<groups::Model>, DomainError> {
+    pub async fn update_group(&self, updated: groups::Model) -> Result<Option<groups::Model>, DomainError> {
         let write = self.begin_write().await?;
         let result = groups::Entity::update_many()
             .col_expr(groups::Column::Name, Expr::value(updated.name.clone()))
-            .col_expr(
-                groups::Column::Description,
-                Expr::value(updated.description.clone()),
-            )
-            .col_expr(
-                groups::Column::GroupType,
-                Expr::value(updated.group_type.clone()),
-            )
+            .col_expr(groups::Column::Description, Expr::value(updated.description.clone()))
+            .col_expr(groups::Column::GroupType, Expr::value(updated.group_type.clone()))
             .col_expr(groups::Column::Page, Expr::value(updated.page.clone()))
             .col_expr(groups::Column::UpdatedAt, Expr::value(updated.updated_at))
             .filter(groups::Column::OrgId.eq(updated.org_id.as_str()))
@@ -326,9 +291,7 @@ impl Store {
         let txn = &write.txn;
         lock_group(txn, org, id).await?;
         let key = (org.as_str().to_owned(), id.0, email.as_str().to_owned());
-        let existing = group_members::Entity::find_by_id(key.clone())
-            .one(txn)
-            .await?;
+        let existing = group_members::Entity::find_by_id(key.clone()).one(txn).await?;
         let change = match existing {
             None => {
                 group_members::Entity::insert(group_members::ActiveModel {
@@ -365,12 +328,7 @@ impl Store {
     }
 
     /// Removes a member; 404 if not a member, 409 for the last admin.
-    pub async fn remove_member(
-        &self,
-        org: &OrgId,
-        id: GroupId,
-        email: &Email,
-    ) -> Result<(), DomainError> {
+    pub async fn remove_member(&self, org: &OrgId, id: GroupId, email: &Email) -> Result<(), DomainError> {
         let write = self.begin_write().await?;
         let txn = &write.txn;
         lock_group(txn, org, id).await?;
@@ -378,9 +336,7 @@ impl Store {
         let existing = group_members::Entity::find_by_id(key)
             .one(txn)
             .await?
-            .ok_or_else(|| {
-                DomainError::not_found(format!("{email} is not a member of this group"))
-            })?;
+            .ok_or_else(|| DomainError::not_found(format!("{email} is not a member of this group")))?;
         if parse_role(&existing.role)? == Role::Admin && admin_count(txn, org, id).await? <= 1 {
             return Err(DomainError::conflict(
                 "the last admin cannot leave or be removed: promote another member first",
@@ -400,16 +356,9 @@ impl Store {
 
 /// Takes the group's row lock (a no-op update on Postgres; SQLite is already serialised by the
 /// write gate). 404 if the group is gone.
-async fn lock_group(
-    txn: &sea_orm::DatabaseTransaction,
-    org: &OrgId,
-    id: GroupId,
-) -> Result<(), DomainError> {
+async fn lock_group(txn: &sea_orm::DatabaseTransaction, org: &OrgId, id: GroupId) -> Result<(), DomainError> {
     let result = groups::Entity::update_many()
-        .col_expr(
-            groups::Column::MemberCount,
-            Expr::col(groups::Column::MemberCount),
-        )
+        .col_expr(groups::Column::MemberCount, Expr::col(groups::Column::MemberCount))
         .filter(groups::Column::OrgId.eq(org.as_str()))
         .filter(groups::Column::Id.eq(id.0))
         .exec(txn)
@@ -438,11 +387,7 @@ async fn bump_member_count(
     Ok(())
 }
 
-async fn admin_count(
-    txn: &sea_orm::DatabaseTransaction,
-    org: &OrgId,
-    id: GroupId,
-) -> Result<u64, DomainError> {
+async fn admin_count(txn: &sea_orm::DatabaseTransaction, org: &OrgId, id: GroupId) -> Result<u64, DomainError> {
     Ok(group_members::Entity::find()
         .filter(group_members::Column::OrgId.eq(org.as_str()))
         .filter(group_members::Column::GroupId.eq(id.0))

@@ -1,8 +1,8 @@
 //! Message queries: the seq-allocating insert and the history reads.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
-    sea_query::Expr, sea_query::ExprTrait,
+    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, sea_query::Expr,
+    sea_query::ExprTrait,
 };
 
 use super::{
@@ -57,32 +57,22 @@ impl Store {
                 let id = client_id.as_deref().unwrap_or_default();
                 match self.find_by_client_id(&org, group, &from, id).await? {
                     Some(stored) => Ok(InsertOutcome::Replayed(stored)),
-                    None => Err(DomainError::Internal(
-                        "idempotent insert lost its row".into(),
-                    )),
+                    None => Err(DomainError::Internal("idempotent insert lost its row".into())),
                 }
             }
             Ok(Some(outcome)) => Ok(outcome),
-            Ok(None) => Err(DomainError::Internal(
-                "insert conflicted without a client id".into(),
-            )),
+            Ok(None) => Err(DomainError::Internal("insert conflicted without a client id".into())),
             Err(e) => Err(e),
         }
     }
 
     /// `Ok(None)`: a unique-constraint conflict (only possible on the client id).
-    async fn try_insert_message(
-        &self,
-        mut message: Message,
-    ) -> Result<Option<InsertOutcome>, DomainError> {
+    async fn try_insert_message(&self, mut message: Message) -> Result<Option<InsertOutcome>, DomainError> {
         let write = self.begin_write().await?;
         let txn = &write.txn;
         let org = message.org_id.as_str().to_owned();
         let updated = groups::Entity::update_many()
-            .col_expr(
-                groups::Column::LastSeq,
-                Expr::col(groups::Column::LastSeq).add(1),
-            )
+            .col_expr(groups::Column::LastSeq, Expr::col(groups::Column::LastSeq).add(1))
             .filter(groups::Column::OrgId.eq(org.as_str()))
             .filter(groups::Column::Id.eq(message.group_id.0))
             .exec_with_returning(txn)
@@ -120,10 +110,7 @@ impl Store {
             client_message_id: Set(message.client_message_id.clone()),
             created_at: Set(message.created_at),
         };
-        match messages::Entity::insert(row)
-            .exec_without_returning(txn)
-            .await
-        {
+        match messages::Entity::insert(row).exec_without_returning(txn).await {
             Ok(_) => {}
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 return Ok(None);
@@ -156,12 +143,7 @@ impl Store {
     }
 
     /// The seq of a message of this group, for cursors and `replyTo` (`None`: not in this group).
-    pub async fn seq_of(
-        &self,
-        org: &OrgId,
-        group: GroupId,
-        id: MessageId,
-    ) -> Result<Option<i64>, DomainError> {
+    pub async fn seq_of(&self, org: &OrgId, group: GroupId, id: MessageId) -> Result<Option<i64>, DomainError> {
         let seq: Option<(uuid::Uuid, i64)> = messages::Entity::find()
             .select_only()
             .column(messages::Column::GroupId)

@@ -72,28 +72,10 @@ impl MigrationTrait for CreateSchema {
                     .col(ColumnDef::new(Groups::GroupType).string_len(16).not_null())
                     .col(ColumnDef::new(Groups::Page).string().null())
                     .col(ColumnDef::new(Groups::CreatedBy).string().not_null())
-                    .col(
-                        ColumnDef::new(Groups::CreatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Groups::UpdatedAt)
-                            .timestamp_with_time_zone()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Groups::MemberCount)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
-                    .col(
-                        ColumnDef::new(Groups::LastSeq)
-                            .big_integer()
-                            .not_null()
-                            .default(0),
-                    )
+                    .col(ColumnDef::new(Groups::CreatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Groups::UpdatedAt).timestamp_with_time_zone().not_null())
+                    .col(ColumnDef::new(Groups::MemberCount).big_integer().not_null().default(0))
+                    .col(ColumnDef::new(Groups::LastSeq).big_integer().not_null().default(0))
                     .primary_key(Index::create().col(Groups::OrgId).col(Groups::Id))
                     .to_owned(),
             )
@@ -127,11 +109,7 @@ impl MigrationTrait for CreateSchema {
                 Table::create()
                     .table(GroupMembers::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(GroupMembers::OrgId)
-                            .string_len(128)
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(GroupMembers::OrgId).string_len(128).not_null())
                     .col(ColumnDef::new(GroupMembers::GroupId).uuid().not_null())
                     .col(ColumnDef::new(GroupMembers::Email).string().not_null())
                     .col(ColumnDef::new(GroupMembers::Role).string_len(16).not_null())
@@ -148,10 +126,7 @@ impl MigrationTrait for CreateSchema {
                     )
                     .foreign_key(
                         ForeignKey::create()
-                            .from(
-                                GroupMembers::Table,
-                                (GroupMembers::OrgId, GroupMembers::GroupId),
-                            )
+                            .from(GroupMembers::Table, (GroupMembers::OrgId, GroupMembers::GroupId))
                             .to(Groups::Table, (Groups::OrgId, Groups::Id))
                             .on_delete(ForeignKeyAction::Cascade),
                     )
@@ -183,18 +158,10 @@ impl MigrationTrait for CreateSchema {
                     .col(ColumnDef::new(Messages::Id).uuid().not_null())
                     .col(ColumnDef::new(Messages::Sender).string().not_null())
                     .col(ColumnDef::new(Messages::Content).text().not_null())
-                    .col(
-                        ColumnDef::new(Messages::ContentType)
-                            .string_len(64)
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(Messages::ContentType).string_len(64).not_null())
                     .col(ColumnDef::new(Messages::Attachments).text().not_null())
                     .col(ColumnDef::new(Messages::ReplyTo).uuid().null())
-                    .col(
-                        ColumnDef::new(Messages::ClientMessageId)
-                            .string_len(128)
-                            .null(),
-                    )
+                    .col(ColumnDef::new(Messages::ClientMessageId).string_len(128).null())
                     .col(
                         ColumnDef::new(Messages::CreatedAt)
                             .timestamp_with_time_zone()
@@ -253,8 +220,6 @@ impl MigrationTrait for CreateSchema {
         manager
             .drop_table(Table::drop().table(GroupMembers::Table).to_owned())
             .await?;
-        manager
-            .drop_table(Table::drop().table(Groups::Table).to_owned())
-            .await
+        manager.drop_table(Table::drop().table(Groups::Table).to_owned()).await
     }
 }

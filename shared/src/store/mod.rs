@@ -9,8 +9,7 @@ pub mod migration;
 use std::{sync::Arc, time::Duration};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, MutexGuard};
@@ -44,9 +43,8 @@ impl Store {
             && let Some(dir) = std::path::Path::new(&path).parent()
         {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    DomainError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                })?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| DomainError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
             }
         }
         let mut options = ConnectOptions::new(url.to_owned());
@@ -109,9 +107,7 @@ impl Store {
 }
 
 fn sqlite_path(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
 }
@@ -121,8 +117,7 @@ fn sqlite_path(url: &str) -> Option<String> {
 pub fn now_millis() -> chrono::DateTime<chrono::Utc> {
     use chrono::{DurationRound, TimeDelta};
     let now = chrono::Utc::now();
-    now.duration_trunc(TimeDelta::milliseconds(1))
-        .unwrap_or(now)
+    now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now)
 }
 
 /// A new group row (the domain builds it; the store owns the entity type).

@@ -1,0 +1,318 @@
+//! Fan-out: every envelope the bus delivers goes to the local sockets that should see it,
+//! and only to them. Messages of a group leave in seq order with no gap: one that arrives
+//! early (two API pods racing) is held briefly, and what is missing is fetched from the store.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use community_chat_shared::{
+    bus::{Envelope, Event, Target, Topic},
+    domain::model::Message,
+    ids::{GroupId, OrgId},
+};
+use serde_json::value::RawValue;
+use socketioxide::{SendError, SocketError, extract::SocketRef};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::{Gateway, rooms, session::Session};
+
+/// Most messages held per group while waiting for a missing seq.
+const MAX_HELD: usize = 1_000;
+/// Sequencing state of a group nobody touched for this long is dropped.
+const IDLE_STATE: Duration = Duration::from_secs(120);
+
+type GroupKey = (OrgId, GroupId);
+
+/// Per-group ordering state.
+struct Sequencer {
+    /// Last seq sent to the room.
+    last: i64,
+    /// Messages that arrived ahead of `last + 1`.
+    held: BTreeMap<i64, Message>,
+    /// When the oldest held message arrived.
+    held_since: Option<Instant>,
+    /// A store fetch for the gap is under way.
+    fetching: bool,
+    touched: Instant,
+}
+
+/// The result of a gap fetch, back to the fan-out task.
+struct Filled {
+    key: GroupKey,
+    messages: Result<Vec<Message>, String>,
+}
+
+pub(crate) async fn run(gateway: Arc<Gateway>, mut deliveries: broadcast::Receiver<Arc<Envelope>>) {
+    let (fill_tx, mut fill_rx) = mpsc::channel::<Filled>(1024);
+    let mut sequencers: HashMap<GroupKey, Sequencer> = HashMap::new();
+    let gap_delay = Duration::from_millis(gateway.limits.gap_fill_delay_ms);
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        gap_delay.as_millis().clamp(10, 1000) as u64 / 2 + 5,
+    ));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_sweep = Instant::now();
+    loop {
+        tokio::select! {
+            received = deliveries.recv() => match received {
+                Ok(envelope) => {
+                    gateway.metrics.events_in.fetch_add(1, Ordering::Relaxed);
+                    dispatch(&gateway, &mut sequencers, &envelope).await;
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // Clients see the gap in seq and catch up from the store.
+                    gateway.metrics.events_lagged.fetch_add(missed, Ordering::Relaxed);
+                    tracing::warn!(missed, "fan-out fell behind the bus; skipped events");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            Some(filled) = fill_rx.recv() => {
+                if let Some(state) = sequencers.get_mut(&filled.key) {
+                    apply_fill(&gateway, &filled.key, state, filled.messages);
+                }
+            }
+            _ = tick.tick() => {
+                let now = Instant::now();
+                for (key, state) in sequencers.iter_mut() {
+                    let waited = state.held_since.is_some_and(|t| now.duration_since(t) >= gap_delay);
+                    if !state.fetching && (waited || state.held.len() >= MAX_HELD) {
+                        start_fill(&gateway, key.clone(), state, fill_tx.clone());
+                    }
+                }
+                if now.duration_since(last_sweep) > IDLE_STATE {
+                    sequencers.retain(|_, s| !s.held.is_empty() || now.duration_since(s.touched) < IDLE_STATE);
+                    last_sweep = now;
+                }
+            }
+        }
+    }
+    tracing::info!("fan-out stopped: the bus closed");
+}
+
+async fn dispatch(gateway: &Arc<Gateway>, sequencers: &mut HashMap<GroupKey, Sequencer>, envelope: &Envelope) {
+    let Topic { org, target } = &envelope.topic;
+    match (target, &envelope.event) {
+        (Target::Group(group), Event::NewGroupMessage(message)) => {
+            let key = (org.clone(), *group);
+            let state = sequencers.entry(key.clone()).or_insert_with(|| Sequencer {
+                last: message.seq - 1,
+                held: BTreeMap::new(),
+                held_since: None,
+                fetching: false,
+                touched: Instant::now(),
+            });
+            state.touched = Instant::now();
+            if message.seq <= state.last {
+                gateway.metrics.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+            } else if message.seq == state.last + 1 {
+                send_message(gateway, &key, message);
+                state.last = message.seq;
+                release_held(gateway, &key, state);
+            } else {
+                state.held.insert(message.seq, message.clone());
+                state.held_since.get_or_insert_with(Instant::now);
+            }
+        }
+        (Target::Group(group), Event::GroupTyping { from, .. }) => {
+            let room = rooms::group(org, *group);
+            emit_to_room(gateway, &room, &envelope.event, |s| s.caller.email != *from);
+        }
+        (Target::Group(group), Event::GroupDeleted { .. }) => {
+            let room = rooms::group(org, *group);
+            emit_to_room(gateway, &room, &envelope.event, |_| true);
+            let sockets = gateway.namespace_sockets(&room);
+            let mut released = 0;
+            for socket in sockets {
+                socket.leave(room.clone());
+                if session_of(&socket).is_some_and(|s| s.remove_group(*group)) {
+                    released += 1;
+                }
+            }
+            release_times(gateway, Topic::group(org, *group), released).await;
+            sequencers.remove(&(org.clone(), *group));
+        }
+        (Target::Group(group), _) => {
+            emit_to_room(gateway, &rooms::group(org, *group), &envelope.event, |_| true);
+        }
+        (Target::User(email), Event::AddedToGroup { group }) => {
+            let user_room = rooms::user(org, email);
+            let group_room = rooms::group(org, group.id);
+            let mut joined = 0;
+            for socket in gateway.namespace_sockets(&user_room) {
+                if session_of(&socket).is_some_and(|s| !s.add_groups([group.id]).is_empty()) {
+                    socket.join(group_room.clone());
+                    joined += 1;
+                }
+            }
+            if joined > 0 {
+                let topics = vec![Topic::group(org, group.id); joined];
+                gateway.subscriptions.acquire(topics).await;
+            }
+            emit_to_room(gateway, &user_room, &envelope.event, |_| true);
+        }
+        (Target::User(email), Event::RemovedFromGroup { group_id }) => {
+            let user_room = rooms::user(org, email);
+            let group_room = rooms::group(org, *group_id);
+            let mut left = 0;
+            for socket in gateway.namespace_sockets(&user_room) {
+                socket.leave(group_room.clone());
+                if session_of(&socket).is_some_and(|s| s.remove_group(*group_id)) {
+                    left += 1;
+                }
+            }
+            release_times(gateway, Topic::group(org, *group_id), left).await;
+            emit_to_room(gateway, &user_room, &envelope.event, |_| true);
+        }
+        (Target::User(email), _) => {
+            emit_to_room(gateway, &rooms::user(org, email), &envelope.event, |_| true);
+        }
+    }
+}
+
+async fn release_times(gateway: &Gateway, topic: Topic, times: usize) {
+    if times > 0 {
+        gateway.subscriptions.release(vec![topic; times]).await;
+    }
+}
+
+fn session_of(socket: &SocketRef) -> Option<Arc<Session>> {
+    socket.extensions.get::<Arc<Session>>()
+}
+
+fn send_message(gateway: &Gateway, key: &GroupKey, message: &Message) {
+    let room = rooms::group(&key.0, key.1);
+    emit_to_room(gateway, &room, &Event::NewGroupMessage(message.clone()), |_| true);
+    let age_ms = (chrono::Utc::now() - message.created_at).num_milliseconds().max(0) as u64;
+    gateway
+        .metrics
+        .fanout_latency_ms_sum
+        .fetch_add(age_ms, Ordering::Relaxed);
+    gateway.metrics.fanout_messages.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sends held messages that are now in order.
+fn release_held(gateway: &Gateway, key: &GroupKey, state: &mut Sequencer) {
+    while let Some(entry) = state.held.first_entry() {
+        let seq = *entry.key();
+        if seq <= state.last {
+            entry.remove();
+            gateway.metrics.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+        } else if seq == state.last + 1 {
+            let message = entry.remove();
+            send_message(gateway, key, &message);
+            state.last = seq;
+        } else {
+            break;
+        }
+    }
+    state.held_since = if state.held.is_empty() {
+        None
+    } else {
+        Some(Instant::now())
+    };
+}
+
+fn start_fill(gateway: &Arc<Gateway>, key: GroupKey, state: &mut Sequencer, results: mpsc::Sender<Filled>) {
+    let Some(first_held) = state.held.keys().next().copied() else {
+        return;
+    };
+    state.fetching = true;
+    let after = state.last;
+    let missing = (first_held - after - 1).max(1) as u64;
+    let store = gateway.service.store().clone();
+    gateway.metrics.gap_fills.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        let messages = store
+            .messages_after(&key.0, key.1, after, missing)
+            .await
+            .map_err(|e| e.to_string());
+        if results.send(Filled { key, messages }).await.is_err() {
+            tracing::debug!("fan-out ended before a gap fill returned");
+        }
+    });
+}
+
+fn apply_fill(gateway: &Gateway, key: &GroupKey, state: &mut Sequencer, fetched: Result<Vec<Message>, String>) {
+    state.fetching = false;
+    match fetched {
+        Ok(messages) => {
+            for message in messages {
+                if message.seq == state.last + 1 {
+                    send_message(gateway, key, &message);
+                    state.last = message.seq;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "gap fill from the store failed; clients catch up by seq"),
+    }
+    // Whatever is still missing cannot be waited for forever: skip ahead; clients see the
+    // gap in seq and catch up themselves.
+    if let Some(first) = state.held.keys().next().copied()
+        && first > state.last + 1
+    {
+        gateway.metrics.gaps_skipped.fetch_add(1, Ordering::Relaxed);
+        state.last = first - 1;
+    }
+    release_held(gateway, key, state);
+}
+
+/// Serialises the event once and emits it to each local socket of `room` that `include`
+/// accepts. A socket whose queue is full is a slow client: it is disconnected.
+fn emit_to_room(gateway: &Gateway, room: &str, event: &Event, include: impl Fn(&Session) -> bool) {
+    let sockets = gateway.namespace_sockets(room);
+    if sockets.is_empty() {
+        return;
+    }
+    let payload = match event_payload(event) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise an event");
+            return;
+        }
+    };
+    let name = event.name();
+    for socket in sockets {
+        if !session_of(&socket).is_some_and(|s| include(&s)) {
+            continue;
+        }
+        match socket.emit(name, &payload) {
+            Ok(()) => {
+                gateway.metrics.events_out.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => disconnect_slow_client(gateway, socket),
+            Err(e) => tracing::debug!(error = %e, "emit to a closing socket failed"),
+        }
+    }
+}
+
+/// The event's data as raw JSON, serialised once for the whole room.
+fn event_payload(event: &Event) -> Result<Box<RawValue>, serde_json::Error> {
+    match event {
+        Event::NewGroupMessage(message) => serde_json::value::to_raw_value(message),
+        other => {
+            let value = serde_json::to_value(other)?;
+            serde_json::value::to_raw_value(&value["data"])
+        }
+    }
+}
+
+/// The client's queue is full: it cannot keep up, and memory must stay bounded. It is told to
+/// go (it reconnects and catches up by seq); the disconnect packet itself needs queue room, so
+/// it is retried for a few seconds, after which the ping timeout closes the connection anyway.
+fn disconnect_slow_client(gateway: &Gateway, socket: SocketRef) {
+    gateway
+        .metrics
+        .slow_clients_disconnected
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(sid = %socket.id, "disconnecting a slow client (queue full)");
+    tokio::spawn(async move {
+        for _ in 0..50 {
+            match socket.clone().disconnect() {
+                Err(SocketError::InternalChannelFull) => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,129 @@
+//! Reference-counted bus subscriptions. A gateway subscribes to a topic when its first local
+//! socket needs it and unsubscribes when the last one lets go; it never subscribes to
+//! everything. One task owns the counts, so subscribe and unsubscribe calls reach the bus in
+//! the order the sockets asked, and every request queued meanwhile is applied as one batch.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use community_chat_shared::bus::{Bus, Topic};
+use tokio::sync::{mpsc, oneshot};
+
+/// Most requests waiting for the subscription task; senders wait when it is full.
+const QUEUE_CAPACITY: usize = 65_536;
+/// Most requests folded into one round of bus calls.
+const MAX_BATCH: usize = 4_096;
+
+enum Request {
+    /// Count one more user of each topic; answer once the bus has been asked to subscribe.
+    Acquire(Vec<Topic>, oneshot::Sender<()>),
+    /// Count one user less of each topic.
+    Release(Vec<Topic>),
+}
+
+#[derive(Clone)]
+pub struct Subscriptions {
+    requests: mpsc::Sender<Request>,
+    /// Topics subscribed on the bus right now (a metric).
+    pub active: Arc<AtomicUsize>,
+}
+
+impl Subscriptions {
+    /// Starts the task that owns the counts; it ends when every handle is dropped.
+    pub fn start(bus: Arc<dyn Bus>) -> Self {
+        let (requests, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let active = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run(bus, receiver, active.clone()));
+        Self { requests, active }
+    }
+
+    /// Returns once the gateway is subscribed to every topic (or the bus reported an error:
+    /// the bus retries on reconnect, and clients catch up by seq).
+    pub async fn acquire(&self, topics: Vec<Topic>) {
+        if topics.is_empty() {
+            return;
+        }
+        let (done, wait) = oneshot::channel();
+        // Either error means the task ended (shutdown): nothing to wait for.
+        if self.requests.send(Request::Acquire(topics, done)).await.is_err() || wait.await.is_err() {
+            tracing::debug!("subscription task has ended; acquire not awaited");
+        }
+    }
+
+    pub async fn release(&self, topics: Vec<Topic>) {
+        if !topics.is_empty() && self.requests.send(Request::Release(topics)).await.is_err() {
+            tracing::debug!("subscription task has ended; release ignored");
+        }
+    }
+}
+
+async fn run(bus: Arc<dyn Bus>, mut requests: mpsc::Receiver<Request>, active: Arc<AtomicUsize>) {
+    let mut counts: HashMap<Topic, usize> = HashMap::new();
+    let mut subscribed: HashSet<Topic> = HashSet::new();
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match requests.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut touched: HashSet<Topic> = HashSet::new();
+        let mut waiting = Vec::new();
+        for request in batch {
+            match request {
+                Request::Acquire(topics, done) => {
+                    for topic in topics {
+                        *counts.entry(topic.clone()).or_default() += 1;
+                        touched.insert(topic);
+                    }
+                    waiting.push(done);
+                }
+                Request::Release(topics) => {
+                    for topic in topics {
+                        if let Some(count) = counts.get_mut(&topic) {
+                            *count -= 1;
+                            if *count == 0 {
+                                counts.remove(&topic);
+                            }
+                        }
+                        touched.insert(topic);
+                    }
+                }
+            }
+        }
+        let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
+        for topic in touched {
+            match (counts.contains_key(&topic), subscribed.contains(&topic)) {
+                (true, false) => subscribe.push(topic),
+                (false, true) => unsubscribe.push(topic),
+                _ => {}
+            }
+        }
+        if !unsubscribe.is_empty() {
+            if let Err(e) = bus.unsubscribe(&unsubscribe).await {
+                tracing::warn!(error = %e, topics = unsubscribe.len(), "unsubscribe failed");
+            }
+            for topic in &unsubscribe {
+                subscribed.remove(topic);
+            }
+        }
+        if !subscribe.is_empty() {
+            if let Err(e) = bus.subscribe(&subscribe).await {
+                tracing::warn!(error = %e, topics = subscribe.len(), "subscribe failed; the bus retries when it reconnects");
+            }
+            subscribed.extend(subscribe);
+        }
+        active.store(subscribed.len(), Ordering::Relaxed);
+        for done in waiting {
+            if done.send(()).is_err() {
+                tracing::trace!("a socket left before its subscription was ready");
+            }
+        }
+    }
+}
