@@ -4,11 +4,15 @@
 
 use std::sync::{Arc, atomic::Ordering};
 
-use community_chat_shared::{bus::Topic, error::DomainError, ids::OrgId};
+use community_chat_shared::{
+    bus::Topic,
+    error::DomainError,
+    ids::{GroupId, OrgId},
+};
 use serde_json::Value;
 use socketioxide::extract::{SocketRef, State, TryData};
 
-use crate::{Gateway, events, rooms, session::Session};
+use crate::{Gateway, catch_up, events, rooms, session::Session};
 
 /// Why a handshake was refused; its text is the `connect_error` message the client sees.
 #[derive(Debug)]
@@ -47,6 +51,10 @@ pub async fn handshake(
     let org = field("orgId").ok_or_else(|| Refused("missing orgId: pass auth: { token, orgId }".into()))?;
     let org = OrgId::parse(org)?;
     let caller = gateway.auth.verify(token, &org)?;
+    let sync = match auth.get("sync") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(value) => catch_up::parse_groups(value).map_err(|e| Refused(format!("invalid sync: {e}")))?,
+    };
     let groups = gateway.service.my_group_ids(&caller).await?;
 
     let session = Arc::new(Session::new(caller, gateway.limits.socket_sends_per_second));
@@ -56,6 +64,9 @@ pub async fn handshake(
     let mut topics: Vec<Topic> = groups.iter().map(|g| Topic::group(session.org(), *g)).collect();
     topics.push(Topic::user(session.org(), &session.caller.email));
 
+    // Live messages of the groups to catch up are held from before `connect`.
+    catch_up::begin(&session, &sync);
+    socket.extensions.insert(PendingSync(Arc::new(sync)));
     socket.extensions.insert(session.clone());
     events::register(&socket);
     socket.on_disconnect(disconnected);
@@ -66,9 +77,22 @@ pub async fn handshake(
     Ok(())
 }
 
-/// After the handshake: nothing left to do (the work is in the middleware, before `connect`).
-pub async fn connected(socket: SocketRef) {
-    tracing::trace!(sid = %socket.id, "connect sent");
+/// The `sync` of the handshake, run once `connect` has been sent.
+#[derive(Clone)]
+struct PendingSync(Arc<Vec<(GroupId, i64)>>);
+
+/// After `connect`: runs the handshake's catch-up, if any, and tells the client with a
+/// `groupsSynced { groups }` event when it is done.
+pub async fn connected(socket: SocketRef, State(gateway): State<Arc<Gateway>>) {
+    let Some(PendingSync(sync)) = socket.extensions.remove::<PendingSync>() else { return };
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else { return };
+    if sync.is_empty() {
+        return;
+    }
+    let summaries = catch_up::run(&gateway, &socket, &session, &sync).await;
+    if let Err(e) = socket.emit("groupsSynced", &serde_json::json!({ "groups": summaries })) {
+        tracing::debug!(error = %e, "could not send groupsSynced");
+    }
 }
 
 async fn disconnected(socket: SocketRef, State(gateway): State<Arc<Gateway>>) {

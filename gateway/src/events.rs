@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Event as EventName, SocketRef, State, TryData};
 
 use crate::{
-    Gateway,
+    Gateway, catch_up,
     reply::{WantsAck, answer},
     rooms,
     session::Session,
@@ -23,6 +23,7 @@ pub fn register(socket: &SocketRef) {
     socket.on("joinGroup", join_group);
     socket.on("leaveGroup", leave_group);
     socket.on("groupTyping", group_typing);
+    socket.on("syncGroups", sync_groups);
     socket.on_fallback(unknown_event);
 }
 
@@ -163,9 +164,37 @@ async fn group_typing(
     answer(&socket, ack, wants_ack, "groupTyping", result, None);
 }
 
+/// `syncGroups { groups: [{ groupId, afterSeq }] }`: sends what was missed; the ack (after the
+/// messages) summarises each group.
+async fn sync_groups(
+    socket: SocketRef,
+    TryData(payload): TryData<Value>,
+    ack: AckSender,
+    WantsAck(wants_ack): WantsAck,
+    State(gateway): State<Arc<Gateway>>,
+) {
+    let prepared = (|| {
+        let session = session(&socket)?;
+        let Ok(Value::Object(body)) = payload else {
+            return Err(DomainError::invalid("payload must be { groups: [{ groupId, afterSeq }] }"));
+        };
+        let groups = catch_up::parse_groups(body.get("groups").unwrap_or(&Value::Null))?;
+        Ok((session, groups))
+    })();
+    let result = match prepared {
+        Ok((session, groups)) => {
+            catch_up::begin(&session, &groups);
+            let summaries = catch_up::run(&gateway, &socket, &session, &groups).await;
+            Ok(json!({ "groups": summaries }))
+        }
+        Err(e) => Err(e),
+    };
+    answer(&socket, ack, wants_ack, "syncGroups", result, None);
+}
+
 async fn unknown_event(socket: SocketRef, EventName(name): EventName, ack: AckSender, WantsAck(wants_ack): WantsAck) {
     let error = DomainError::invalid(format!(
-        "unknown event '{name}': use sendGroupMessage, joinGroup, leaveGroup or groupTyping"
+        "unknown event '{name}': use sendGroupMessage, joinGroup, leaveGroup, groupTyping or syncGroups"
     ));
     answer::<()>(&socket, ack, wants_ack, &name, Err(error), None);
 }

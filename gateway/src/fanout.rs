@@ -17,7 +17,10 @@ use serde_json::value::RawValue;
 use socketioxide::{SendError, SocketError, extract::SocketRef};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::{Gateway, rooms, session::Session};
+use crate::{
+    Gateway, rooms,
+    session::{Gate, Session},
+};
 
 /// Most messages held per group while waiting for a missing seq.
 const MAX_HELD: usize = 1_000;
@@ -126,8 +129,11 @@ async fn dispatch(gateway: &Arc<Gateway>, sequencers: &mut HashMap<GroupKey, Seq
             let mut released = 0;
             for socket in sockets {
                 socket.leave(room.clone());
-                if session_of(&socket).is_some_and(|s| s.remove_group(*group)) {
-                    released += 1;
+                if let Some(session) = session_of(&socket) {
+                    session.forget_cursor(*group);
+                    if session.remove_group(*group) {
+                        released += 1;
+                    }
                 }
             }
             release_times(gateway, Topic::group(org, *group), released).await;
@@ -158,8 +164,11 @@ async fn dispatch(gateway: &Arc<Gateway>, sequencers: &mut HashMap<GroupKey, Seq
             let mut left = 0;
             for socket in gateway.namespace_sockets(&user_room) {
                 socket.leave(group_room.clone());
-                if session_of(&socket).is_some_and(|s| s.remove_group(*group_id)) {
-                    left += 1;
+                if let Some(session) = session_of(&socket) {
+                    session.forget_cursor(*group_id);
+                    if session.remove_group(*group_id) {
+                        left += 1;
+                    }
                 }
             }
             release_times(gateway, Topic::group(org, *group_id), left).await;
@@ -177,13 +186,29 @@ async fn release_times(gateway: &Gateway, topic: Topic, times: usize) {
     }
 }
 
-fn session_of(socket: &SocketRef) -> Option<Arc<Session>> {
+pub(crate) fn session_of(socket: &SocketRef) -> Option<Arc<Session>> {
     socket.extensions.get::<Arc<Session>>()
 }
 
+/// Sends a message to its room: each socket gets it once, in seq order, after any catch-up of
+/// that group it is running.
 fn send_message(gateway: &Gateway, key: &GroupKey, message: &Message) {
     let room = rooms::group(&key.0, key.1);
-    emit_to_room(gateway, &room, &Event::NewGroupMessage(message.clone()), |_| true);
+    let sockets = gateway.namespace_sockets(&room);
+    if !sockets.is_empty() {
+        match serde_json::value::to_raw_value(message) {
+            Ok(payload) => {
+                let payload: Arc<RawValue> = Arc::from(payload);
+                for socket in sockets {
+                    let Some(session) = session_of(&socket) else { continue };
+                    if let Gate::Send = session.gate_live(key.1, message.seq, &payload) {
+                        emit_one(gateway, socket, "newGroupMessage", &payload);
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serialise a message"),
+        }
+    }
     let age_ms = (chrono::Utc::now() - message.created_at).num_milliseconds().max(0) as u64;
     gateway
         .metrics
@@ -274,16 +299,20 @@ fn emit_to_room(gateway: &Gateway, room: &str, event: &Event, include: impl Fn(&
     };
     let name = event.name();
     for socket in sockets {
-        if !session_of(&socket).is_some_and(|s| include(&s)) {
-            continue;
+        if session_of(&socket).is_some_and(|s| include(&s)) {
+            emit_one(gateway, socket, name, &payload);
         }
-        match socket.emit(name, &payload) {
-            Ok(()) => {
-                gateway.metrics.events_out.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => disconnect_slow_client(gateway, socket),
-            Err(e) => tracing::debug!(error = %e, "emit to a closing socket failed"),
+    }
+}
+
+/// Emits to one socket; a full queue marks a slow client, which is disconnected.
+pub(crate) fn emit_one(gateway: &Gateway, socket: SocketRef, name: &str, payload: &RawValue) {
+    match socket.emit(name, payload) {
+        Ok(()) => {
+            gateway.metrics.events_out.fetch_add(1, Ordering::Relaxed);
         }
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => disconnect_slow_client(gateway, socket),
+        Err(e) => tracing::debug!(error = %e, "emit to a closing socket failed"),
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`subscriptions`]: reference-counted bus subscriptions.
 //! - [`session`], [`reply`], [`rooms`]: per-socket state, answers, room names.
 
+mod catch_up;
 mod connection;
 mod events;
 mod fanout;

@@ -3,9 +3,11 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use serde_json::value::RawValue;
 
 use community_chat_shared::{
     auth::Caller,
@@ -22,6 +24,25 @@ pub struct Session {
     sends: Mutex<TokenBucket>,
     /// Last relayed typing state and time per group.
     typing: Mutex<HashMap<GroupId, (bool, Instant)>>,
+    /// Per group: the last seq sent to this socket, and live messages held while a catch-up of
+    /// that group runs. This is what makes "never twice, never out of order" hold per socket.
+    cursors: Mutex<HashMap<GroupId, Cursor>>,
+}
+
+/// Where one socket stands in one group.
+#[derive(Default)]
+struct Cursor {
+    /// Highest seq sent to this socket (0: none yet).
+    sent: i64,
+    /// `Some` while a catch-up runs: live messages wait here, to go after it.
+    held: Option<Vec<(i64, Arc<RawValue>)>>,
+}
+
+/// What to do with a live message for this socket.
+pub enum Gate {
+    Send,
+    /// Already sent (a catch-up got it first), or held until the catch-up ends.
+    Skip,
 }
 
 impl Session {
@@ -31,7 +52,66 @@ impl Session {
             groups: Mutex::new(HashSet::new()),
             sends: Mutex::new(TokenBucket::new(sends_per_second)),
             typing: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Decides whether a live message goes out now; records it as sent if so.
+    pub fn gate_live(&self, group: GroupId, seq: i64, payload: &Arc<RawValue>) -> Gate {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let cursor = cursors.entry(group).or_default();
+        if let Some(held) = &mut cursor.held {
+            held.push((seq, payload.clone()));
+            return Gate::Skip;
+        }
+        if seq <= cursor.sent {
+            return Gate::Skip;
+        }
+        cursor.sent = seq;
+        Gate::Send
+    }
+
+    /// Starts a catch-up of `group` from `after`: live messages are held from now on, and
+    /// everything after `after` counts as not yet sent (the client says it has only up to
+    /// `after`, e.g. it saw a gap).
+    pub fn begin_catch_up(&self, group: GroupId, after: i64) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let cursor = cursors.entry(group).or_default();
+        cursor.sent = cursor.sent.min(after);
+        cursor.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Whether a caught-up message should be sent (not sent before); records it if so.
+    pub fn gate_caught_up(&self, group: GroupId, seq: i64) -> bool {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let cursor = cursors.entry(group).or_default();
+        if seq <= cursor.sent {
+            return false;
+        }
+        cursor.sent = seq;
+        true
+    }
+
+    /// Ends a catch-up: returns the held live messages not yet sent, in seq order, and marks
+    /// them sent.
+    pub fn end_catch_up(&self, group: GroupId) -> Vec<Arc<RawValue>> {
+        let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+        let cursor = cursors.entry(group).or_default();
+        let mut held = cursor.held.take().unwrap_or_default();
+        held.sort_by_key(|(seq, _)| *seq);
+        let mut out = Vec::with_capacity(held.len());
+        for (seq, payload) in held {
+            if seq > cursor.sent {
+                cursor.sent = seq;
+                out.push(payload);
+            }
+        }
+        out
+    }
+
+    /// Forgets the cursor of a group the socket left.
+    pub fn forget_cursor(&self, group: GroupId) {
+        self.cursors.lock().unwrap_or_else(|p| p.into_inner()).remove(&group);
     }
 
     pub fn org(&self) -> &OrgId {
@@ -130,5 +210,49 @@ mod tests {
         assert_eq!(allowed, 10, "burst is twice the rate");
         assert!(!bucket.try_take(start));
         assert!(bucket.try_take(start + Duration::from_millis(250)), "refills at 5/s");
+    }
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::*;
+    use community_chat_shared::ids::{Email, OrgId};
+
+    fn session() -> Session {
+        let caller = Caller { org: OrgId::parse("o").unwrap(), email: Email::parse("a@b.co").unwrap() };
+        Session::new(caller, 10)
+    }
+
+    fn raw(seq: i64) -> Arc<RawValue> {
+        Arc::from(serde_json::value::to_raw_value(&seq).unwrap())
+    }
+
+    #[test]
+    fn live_messages_go_once_in_order() {
+        let s = session();
+        let g = GroupId::new_v7();
+        assert!(matches!(s.gate_live(g, 1, &raw(1)), Gate::Send));
+        assert!(matches!(s.gate_live(g, 1, &raw(1)), Gate::Skip), "a duplicate is skipped");
+        assert!(matches!(s.gate_live(g, 2, &raw(2)), Gate::Send));
+    }
+
+    #[test]
+    fn catch_up_seam_has_no_duplicate_and_no_gap() {
+        let s = session();
+        let g = GroupId::new_v7();
+        assert!(matches!(s.gate_live(g, 8, &raw(8)), Gate::Send));
+        // The client saw a gap (it has 5): everything after 5 is owed again.
+        s.begin_catch_up(g, 5);
+        // Live 9 and 10 arrive during the catch-up: held.
+        assert!(matches!(s.gate_live(g, 9, &raw(9)), Gate::Skip));
+        assert!(matches!(s.gate_live(g, 10, &raw(10)), Gate::Skip));
+        // The store has 6..=9 at that moment.
+        let sent: Vec<i64> = (6..=9).filter(|seq| s.gate_caught_up(g, *seq)).collect();
+        assert_eq!(sent, vec![6, 7, 8, 9]);
+        // The held 9 was already sent by the catch-up: only 10 follows.
+        let after: Vec<String> = s.end_catch_up(g).iter().map(|r| r.get().to_owned()).collect();
+        assert_eq!(after, vec!["10".to_owned()]);
+        assert!(matches!(s.gate_live(g, 10, &raw(10)), Gate::Skip));
+        assert!(matches!(s.gate_live(g, 11, &raw(11)), Gate::Send));
     }
 }
