@@ -134,6 +134,7 @@ async fn start_http(
     let auth = Arc::new(auth);
     let service = ChatService::new(store.clone(), bus, config.limits.clone());
     let state = AppState::new(service.clone(), auth.clone(), metrics.clone());
+    let draining = state.draining.clone();
     let mut router = match tier {
         Tier::Gateway => community_chat_api::ops_router(state),
         Tier::Both | Tier::Api => community_chat_api::router(state, &config).map_err(|e| anyhow::anyhow!(e))?,
@@ -150,14 +151,36 @@ async fn start_http(
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "listening");
     println!("listening on http://{local}");
+    let deadline = std::time::Duration::from_secs(config.shutdown_drain_seconds);
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let drain = async move {
         shutdown_signal().await;
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        if stopping_tx.send(true).is_err() {
+            tracing::debug!("nobody watches the shutdown deadline");
+        }
         if let Some(gateway) = gateway {
-            // Sockets are told to go; their clients reconnect to another gateway and catch up.
-            gateway.disconnect_all();
+            // Closing the transports (not a socket.io disconnect) makes the clients reconnect
+            // by themselves, to another gateway, and catch up by seq.
+            let sockets = gateway.socket_count();
+            tracing::info!(sockets, "closing sockets so their clients reconnect elsewhere");
+            if tokio::time::timeout(deadline, gateway.io.close()).await.is_err() {
+                tracing::warn!("closing sockets took longer than the drain deadline");
+            }
         }
     };
-    axum::serve(listener, router).with_graceful_shutdown(drain).await?;
+    let deadline_passed = async move {
+        while !*stopping.borrow() {
+            if stopping.changed().await.is_err() {
+                return std::future::pending::<()>().await;
+            }
+        }
+        tokio::time::sleep(deadline + std::time::Duration::from_secs(1)).await;
+    };
+    tokio::select! {
+        served = axum::serve(listener, router).with_graceful_shutdown(drain) => served?,
+        _ = deadline_passed => tracing::warn!("drain deadline passed with requests still open; exiting"),
+    }
     tracing::info!("stopped");
     store.close().await;
     Ok(())

@@ -13,7 +13,7 @@ use crate::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ok` or `unavailable`.
+    /// `ok`, `unavailable`, or `unavailable` while draining for shutdown.
     pub status: &'static str,
     /// `ok`, or why the database does not answer.
     pub database: String,
@@ -43,7 +43,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         Err(_) => "timed out".to_owned(),
     };
     let (database, bus) = (describe(db), describe(bus));
-    let ready = database == "ok" && bus == "ok";
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = database == "ok" && bus == "ok" && !draining;
     let status = if ready {
         StatusCode::OK
     } else {

@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The OpenAPI document, rendered once.
     pub openapi: Arc<String>,
+    /// Set on SIGTERM: `/readyz` answers 503 so load balancers stop sending new work.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(OpenApi)]
@@ -92,6 +94,7 @@ impl AppState {
             service,
             auth,
             metrics,
+            draining: Arc::default(),
             openapi: Arc::new(openapi),
         }
     }

@@ -55,7 +55,12 @@ pub fn begin(session: &Session, groups: &[(GroupId, i64)]) {
 
 /// Sends what each group missed, then the live messages held meanwhile. Returns one summary
 /// per group: `{ groupId, delivered, lastSeq, hasMore }` or `{ groupId, error }`.
-pub async fn run(gateway: &Gateway, socket: &SocketRef, session: &Arc<Session>, groups: &[(GroupId, i64)]) -> Vec<Value> {
+pub async fn run(
+    gateway: &Gateway,
+    socket: &SocketRef,
+    session: &Arc<Session>,
+    groups: &[(GroupId, i64)],
+) -> Vec<Value> {
     let mut summaries = Vec::with_capacity(groups.len());
     for (group, after) in groups {
         let outcome = send_missed(gateway, socket, session, *group, *after).await;
@@ -67,7 +72,9 @@ pub async fn run(gateway: &Gateway, socket: &SocketRef, session: &Arc<Session>, 
             Ok((delivered, last_seq, has_more)) => {
                 json!({ "groupId": group, "delivered": delivered, "lastSeq": last_seq, "hasMore": has_more })
             }
-            Err(e) => json!({ "groupId": group, "error": { "statusCode": e.status_code(), "message": e.public_message() } }),
+            Err(e) => {
+                json!({ "groupId": group, "error": { "statusCode": e.status_code(), "message": e.public_message() } })
+            }
         });
     }
     summaries
@@ -82,11 +89,15 @@ async fn send_missed(
 ) -> Result<(usize, i64, bool), DomainError> {
     let (mut cursor, mut delivered) = (after, 0usize);
     loop {
-        let page = gateway.service.history(&session.caller, group, HistoryCursor::AfterSeq(cursor), Some(PAGE)).await?;
+        let page = gateway
+            .service
+            .history(&session.caller, group, HistoryCursor::AfterSeq(cursor), Some(PAGE))
+            .await?;
         for message in &page.data {
             cursor = message.seq;
             if session.gate_caught_up(group, message.seq) {
-                let payload = serde_json::value::to_raw_value(message).map_err(|e| DomainError::Internal(e.to_string()))?;
+                let payload =
+                    serde_json::value::to_raw_value(message).map_err(|e| DomainError::Internal(e.to_string()))?;
                 emit_one(gateway, socket.clone(), "newGroupMessage", &payload);
                 delivered += 1;
             }

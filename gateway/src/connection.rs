@@ -84,8 +84,12 @@ struct PendingSync(Arc<Vec<(GroupId, i64)>>);
 /// After `connect`: runs the handshake's catch-up, if any, and tells the client with a
 /// `groupsSynced { groups }` event when it is done.
 pub async fn connected(socket: SocketRef, State(gateway): State<Arc<Gateway>>) {
-    let Some(PendingSync(sync)) = socket.extensions.remove::<PendingSync>() else { return };
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else { return };
+    let Some(PendingSync(sync)) = socket.extensions.remove::<PendingSync>() else {
+        return;
+    };
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
     if sync.is_empty() {
         return;
     }

@@ -176,7 +176,9 @@ async fn sync_groups(
     let prepared = (|| {
         let session = session(&socket)?;
         let Ok(Value::Object(body)) = payload else {
-            return Err(DomainError::invalid("payload must be { groups: [{ groupId, afterSeq }] }"));
+            return Err(DomainError::invalid(
+                "payload must be { groups: [{ groupId, afterSeq }] }",
+            ));
         };
         let groups = catch_up::parse_groups(body.get("groups").unwrap_or(&Value::Null))?;
         Ok((session, groups))

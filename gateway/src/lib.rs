@@ -79,17 +79,6 @@ impl GatewayHandle {
     pub fn socket_count(&self) -> usize {
         self.io.of(NAMESPACE).map(|ns| ns.sockets().len()).unwrap_or(0)
     }
-
-    /// Disconnects every socket (they reconnect elsewhere and catch up by seq).
-    pub fn disconnect_all(&self) {
-        if let Some(ns) = self.io.of(NAMESPACE) {
-            for socket in ns.sockets() {
-                if let Err(e) = socket.disconnect() {
-                    tracing::debug!(error = %e, "disconnect at shutdown failed");
-                }
-            }
-        }
-    }
 }
 
 /// Builds the socket.io layer for `/community-chat` and starts the fan-out from the bus.

@@ -219,7 +219,10 @@ mod cursor_tests {
     use community_chat_shared::ids::{Email, OrgId};
 
     fn session() -> Session {
-        let caller = Caller { org: OrgId::parse("o").unwrap(), email: Email::parse("a@b.co").unwrap() };
+        let caller = Caller {
+            org: OrgId::parse("o").unwrap(),
+            email: Email::parse("a@b.co").unwrap(),
+        };
         Session::new(caller, 10)
     }
 
@@ -232,7 +235,10 @@ mod cursor_tests {
         let s = session();
         let g = GroupId::new_v7();
         assert!(matches!(s.gate_live(g, 1, &raw(1)), Gate::Send));
-        assert!(matches!(s.gate_live(g, 1, &raw(1)), Gate::Skip), "a duplicate is skipped");
+        assert!(
+            matches!(s.gate_live(g, 1, &raw(1)), Gate::Skip),
+            "a duplicate is skipped"
+        );
         assert!(matches!(s.gate_live(g, 2, &raw(2)), Gate::Send));
     }
 

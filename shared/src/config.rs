@@ -105,6 +105,12 @@ pub struct Config {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
 
+    /// Seconds a process may take to drain on SIGTERM (stop accepting, close sockets so their
+    /// clients reconnect to another gateway, finish requests) before it exits anyway. Keep the
+    /// pod's terminationGracePeriodSeconds above it.
+    #[arg(long, env = "SHUTDOWN_DRAIN_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_drain_seconds: u64,
+
     #[command(flatten)]
     pub limits: Limits,
 

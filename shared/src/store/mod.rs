@@ -41,11 +41,10 @@ impl Store {
         if is_sqlite
             && let Some(path) = sqlite_path(url)
             && let Some(dir) = std::path::Path::new(&path).parent()
+            && !dir.as_os_str().is_empty()
         {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| DomainError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
-            }
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DomainError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut options = ConnectOptions::new(url.to_owned());
         options
