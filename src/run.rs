@@ -37,7 +37,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Standalone: REST (and, with the gateway, socket.io) on one port; SQLite by default.
 async fn serve(mut config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    community_chat_shared::telemetry::init(&config);
+    let _telemetry = community_chat_shared::telemetry::init(&config, "community-chat")?;
     if config.database_url.is_none() {
         let path = config.data_dir.join("community-chat.db");
         config.database_url = Some(format!("sqlite://{}?mode=rwc", path.display()));
@@ -58,7 +58,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
 /// The REST tier of a scaled deployment.
 async fn api(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    community_chat_shared::telemetry::init(&config);
+    let _telemetry = community_chat_shared::telemetry::init(&config, "community-chat-api")?;
     if config.database_url.is_none() {
         anyhow::bail!("DATABASE_URL is required for `api` (run `serve` for the zero-setup mode)");
     }
@@ -71,7 +71,7 @@ async fn api(config: Config) -> anyhow::Result<()> {
 /// The socket.io tier of a scaled deployment.
 async fn gateway(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    community_chat_shared::telemetry::init(&config);
+    let _telemetry = community_chat_shared::telemetry::init(&config, "community-chat-gateway")?;
     if config.database_url.is_none() || config.redis_url.is_none() {
         anyhow::bail!("DATABASE_URL and REDIS_URL are required for `gateway` (run `serve` for the zero-setup mode)");
     }
@@ -92,7 +92,7 @@ enum Tier {
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
     config.validate()?;
-    community_chat_shared::telemetry::init(&config);
+    let _telemetry = community_chat_shared::telemetry::init(&config, "community-chat-migrate")?;
     if config.database_url.is_none() {
         anyhow::bail!("DATABASE_URL is required for `migrate`");
     }

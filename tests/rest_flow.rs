@@ -40,9 +40,7 @@ async fn whole_group_conversation(backend: Backend) {
     assert_eq!(list["data"][0]["id"], id.as_str());
     assert_eq!(list["data"][0]["myRole"], "member");
     assert_eq!(
-        bob.get("/client/community/groups?page=other")
-            .await
-            .expect(200)["total"],
+        bob.get("/client/community/groups?page=other").await.expect(200)["total"],
         0
     );
     assert_eq!(
@@ -51,10 +49,7 @@ async fn whole_group_conversation(backend: Backend) {
             .expect(200)["total"],
         1
     );
-    assert_eq!(
-        carol.get("/client/community/groups").await.expect(200)["total"],
-        0
-    );
+    assert_eq!(carol.get("/client/community/groups").await.expect(200)["total"], 0);
 
     // Reading: members listed; the private group is invisible to carol.
     let read = bob.get(&base).await.expect(200);
@@ -78,10 +73,7 @@ async fn whole_group_conversation(backend: Backend) {
     assert_eq!(reply["seq"], 2);
     assert_eq!(reply["replyTo"], first["id"]);
     assert_eq!(reply["attachments"][0]["mimeType"], "image/png");
-    let history = ann
-        .get(&format!("{base}/messages?limit=50"))
-        .await
-        .expect(200);
+    let history = ann.get(&format!("{base}/messages?limit=50")).await.expect(200);
     assert_eq!(history["hasMore"], false);
     let seqs: Vec<i64> = history["data"]
         .as_array()
@@ -97,16 +89,10 @@ async fn whole_group_conversation(backend: Backend) {
 
     // Members: add, change role, leave, remove.
     let added = ann
-        .post(
-            &format!("{base}/members"),
-            json!({ "email": "carol@example.com" }),
-        )
+        .post(&format!("{base}/members"), json!({ "email": "carol@example.com" }))
         .await
         .expect(201);
-    assert_eq!(
-        added,
-        json!({ "email": "carol@example.com", "role": "member" })
-    );
+    assert_eq!(added, json!({ "email": "carol@example.com", "role": "member" }));
     carol.get(&base).await.expect(200);
     ann.post(
         &format!("{base}/members"),
@@ -120,20 +106,13 @@ async fn whole_group_conversation(backend: Backend) {
         .await
         .expect(204);
     carol.get(&base).await.expect(404);
-    ann.delete(&format!("{base}/members/dan@example.com"))
-        .await
-        .expect(204);
+    ann.delete(&format!("{base}/members/dan@example.com")).await.expect(204);
     assert_eq!(ann.get(&base).await.expect(200)["memberCount"], 2);
 
     // Rename (admin), not by a member.
-    bob.patch(&base, json!({ "name": "Nope" }))
-        .await
-        .expect(403);
+    bob.patch(&base, json!({ "name": "Nope" })).await.expect(403);
     let renamed = ann
-        .patch(
-            &base,
-            json!({ "name": "Logo v2", "type": "public", "page": null }),
-        )
+        .patch(&base, json!({ "name": "Logo v2", "type": "public", "page": null }))
         .await
         .expect(200);
     assert_eq!(renamed["name"], "Logo v2");
@@ -148,10 +127,7 @@ async fn whole_group_conversation(backend: Backend) {
     bob.delete(&base).await.expect(403);
     ann.delete(&base).await.expect(204);
     ann.get(&base).await.expect(404);
-    assert_eq!(
-        bob.get("/client/community/groups").await.expect(200)["total"],
-        0
-    );
+    assert_eq!(bob.get("/client/community/groups").await.expect(200)["total"], 0);
 }
 
 /// The last admin can neither leave, be removed, nor be demoted; after a promotion they can.
@@ -159,14 +135,10 @@ async fn last_admin_is_protected(backend: Backend) {
     let server = TestServer::start(backend).await;
     let ann = server.user("o1", "ann@example.com");
     let id = ann
-        .create_group(
-            json!({ "name": "g", "members": [{ "email": "bob@example.com", "role": "member" }] }),
-        )
+        .create_group(json!({ "name": "g", "members": [{ "email": "bob@example.com", "role": "member" }] }))
         .await;
     let base = format!("/client/community/groups/{id}");
-    ann.delete(&format!("{base}/members/ann@example.com"))
-        .await
-        .expect(409);
+    ann.delete(&format!("{base}/members/ann@example.com")).await.expect(409);
     ann.post(
         &format!("{base}/members"),
         json!({ "email": "ann@example.com", "role": "member" }),
@@ -179,9 +151,7 @@ async fn last_admin_is_protected(backend: Backend) {
     )
     .await
     .expect(200);
-    ann.delete(&format!("{base}/members/ann@example.com"))
-        .await
-        .expect(204);
+    ann.delete(&format!("{base}/members/ann@example.com")).await.expect(204);
     let bob = server.user("o1", "bob@example.com");
     assert_eq!(
         bob.get(&base).await.expect(200)["members"],
@@ -197,21 +167,14 @@ async fn public_groups_can_be_joined(backend: Backend) {
     let id = ann
         .create_group(json!({ "name": "Town square", "type": "public" }))
         .await;
-    ann.create_group(json!({ "name": "Secret", "type": "private" }))
-        .await;
+    ann.create_group(json!({ "name": "Secret", "type": "private" })).await;
     let base = format!("/client/community/groups/{id}");
     ann.post_message(&id, "welcome").await;
 
-    let public = eve
-        .get("/client/community/groups?visibility=public")
-        .await
-        .expect(200);
+    let public = eve.get("/client/community/groups?visibility=public").await.expect(200);
     assert_eq!(public["total"], 1);
     assert_eq!(public["data"][0]["myRole"], serde_json::Value::Null);
-    assert_eq!(
-        eve.get(&base).await.expect(200)["myRole"],
-        serde_json::Value::Null
-    );
+    assert_eq!(eve.get(&base).await.expect(200)["myRole"], serde_json::Value::Null);
     assert_eq!(
         eve.get(&format!("{base}/messages")).await.expect(200)["data"][0]["content"],
         "welcome"
@@ -225,23 +188,14 @@ async fn public_groups_can_be_joined(backend: Backend) {
     )
     .await
     .expect(403);
-    eve.post(
-        &format!("{base}/members"),
-        json!({ "email": "frank@example.com" }),
-    )
-    .await
-    .expect(403);
-    eve.post(
-        &format!("{base}/members"),
-        json!({ "email": "eve@example.com" }),
-    )
-    .await
-    .expect(201);
+    eve.post(&format!("{base}/members"), json!({ "email": "frank@example.com" }))
+        .await
+        .expect(403);
+    eve.post(&format!("{base}/members"), json!({ "email": "eve@example.com" }))
+        .await
+        .expect(201);
     eve.post_message(&id, "hi").await;
-    assert_eq!(
-        eve.get("/client/community/groups").await.expect(200)["total"],
-        1
-    );
+    assert_eq!(eve.get("/client/community/groups").await.expect(200)["total"], 1);
 }
 
 on_both_backends!(

@@ -42,6 +42,8 @@ pub struct AppState {
 #[openapi(
     info(title = "community-chat", description = "Group chat REST API. Every call carries `orgid` and `Authorization: Bearer <JWT>`."),
     modifiers(&BearerAuth),
+    // Referenced by the `visibility` query parameter, which utoipa does not collect by itself.
+    components(schemas(routes::groups::Visibility)),
     tags((name = "groups"), (name = "messages"), (name = "members"), (name = "operations"))
 )]
 struct ApiDoc;
@@ -84,7 +86,52 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI 3.1 document of every route.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    documented_routes().split_for_parts().1
+    let mut doc = documented_routes().split_for_parts().1;
+    describe_responses(&mut doc);
+    doc
+}
+
+/// OpenAPI 3.1 requires a `description` on every response, and utoipa leaves out an empty one:
+/// a response without its own gets its status's reason phrase (`OK`, `Created`, `Client error`).
+fn describe_responses(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for (status, response) in &mut operation.responses.responses {
+                if let utoipa::openapi::RefOr::T(response) = response
+                    && response.description.is_empty()
+                {
+                    response.description = describe_status(status);
+                }
+            }
+        }
+    }
+}
+
+fn describe_status(status: &str) -> String {
+    let reason = status
+        .parse::<u16>()
+        .ok()
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .and_then(|s| s.canonical_reason());
+    let class = match status.as_bytes().first() {
+        Some(b'1') => "Informational",
+        Some(b'2') => "Success",
+        Some(b'3') => "Redirection",
+        Some(b'4') => "Client error",
+        Some(b'5') => "Server error",
+        _ => "Response",
+    };
+    reason.unwrap_or(class).to_owned()
 }
 
 impl AppState {
@@ -179,6 +226,13 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
         .unwrap_or("")
         .to_owned();
     let span = tracing::info_span!("request", method = %method, route = %route, org = %org, status = tracing::field::Empty, latency_ms = tracing::field::Empty);
+    community_chat_shared::telemetry::set_parent_from(
+        &span,
+        request
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))),
+    );
     let response = {
         use tracing::Instrument;
         next.run(request).instrument(span.clone()).await

@@ -2,6 +2,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tracing::Instrument;
+
 use community_chat_shared::{
     bus::{Envelope, Event, Topic},
     domain::model::PostMessage,
@@ -56,6 +58,7 @@ async fn send_group_message(
     WantsAck(wants_ack): WantsAck,
     State(gateway): State<Arc<Gateway>>,
 ) {
+    let span = tracing::info_span!("socket_send_group_message", sid = %socket.id);
     let result = async {
         let session = session(&socket)?;
         let (body, group) = object_with_group(payload)?;
@@ -66,6 +69,7 @@ async fn send_group_message(
             .map_err(|e| DomainError::invalid(format!("invalid message: {e}")))?;
         gateway.service.post_message(&session.caller, group, input).await
     }
+    .instrument(span)
     .await;
     match result {
         Ok((message, replayed)) => answer(
@@ -148,14 +152,14 @@ async fn group_typing(
         let throttle = Duration::from_millis(gateway.limits.typing_throttle_ms);
         let relayed = session.should_relay_typing(group, typing, throttle);
         if relayed {
-            let envelope = Envelope {
-                topic: Topic::group(session.org(), group),
-                event: Event::GroupTyping {
+            let envelope = Envelope::new(
+                Topic::group(session.org(), group),
+                Event::GroupTyping {
                     group_id: group,
                     from: session.caller.email.clone(),
                     typing,
                 },
-            };
+            );
             gateway.service.bus().publish(envelope).await?;
         }
         Ok(json!({ "groupId": group, "relayed": relayed }))

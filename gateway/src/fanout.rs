@@ -8,10 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tracing::Instrument;
+
 use community_chat_shared::{
     bus::{Envelope, Event, Target, Topic},
     domain::model::Message,
     ids::{GroupId, OrgId},
+    telemetry,
 };
 use serde_json::value::RawValue;
 use socketioxide::{SendError, SocketError, extract::SocketRef};
@@ -62,7 +65,11 @@ pub(crate) async fn run(gateway: Arc<Gateway>, mut deliveries: broadcast::Receiv
             received = deliveries.recv() => match received {
                 Ok(envelope) => {
                     gateway.metrics.events_in.fetch_add(1, Ordering::Relaxed);
-                    dispatch(&gateway, &mut sequencers, &envelope).await;
+                    let span = tracing::info_span!("fan_out", event = envelope.event.name(), org = %envelope.topic.org);
+                    if let Some(trace) = &envelope.trace {
+                        telemetry::set_parent_from(&span, trace.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    }
+                    dispatch(&gateway, &mut sequencers, &envelope).instrument(span).await;
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     // Clients see the gap in seq and catch up from the store.

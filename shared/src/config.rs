@@ -101,7 +101,8 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// OTLP endpoint for trace export (gRPC, e.g. `http://collector:4317`).
+    /// OTLP/HTTP endpoint for trace export, e.g. `http://collector:4318` (traces go to
+    /// `/v1/traces`; `OTEL_EXPORTER_OTLP_PROTOCOL` = `http/protobuf` (default) or `http/json`).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
 

@@ -22,8 +22,7 @@ pub const SECRET: &str = "test-secret-0123456789abcdef";
 
 /// Where the admin connection for creating test databases points.
 pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,14 +84,10 @@ impl Drop for TestDb {
                         .build()
                         .ok()?;
                     rt.block_on(async {
-                        let conn = Database::connect(postgres_admin_url().as_str())
+                        let conn = Database::connect(postgres_admin_url().as_str()).await.ok()?;
+                        conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                             .await
                             .ok()?;
-                        conn.execute_unprepared(&format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        ))
-                        .await
-                        .ok()?;
                         conn.close().await.ok()
                     })
                 })
@@ -147,9 +142,7 @@ impl TestServer {
         let service = ChatService::new(store, bus.clone() as Arc<dyn Bus>, config.limits.clone());
         let state = AppState::new(service.clone(), auth.clone(), Arc::new(Metrics::default()));
         let router = community_chat_api::router(state, &config).expect("router");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let task = tokio::spawn(async move {
             axum::serve(listener, router).await.expect("serve");
@@ -172,9 +165,7 @@ impl TestServer {
     pub fn token(&self, org: &str, email: &str) -> String {
         let org = OrgId::parse(org).expect("org");
         let email = Email::parse(email).expect("email");
-        self.auth
-            .mint(&org, &email, Duration::from_secs(3600))
-            .expect("mint")
+        self.auth.mint(&org, &email, Duration::from_secs(3600)).expect("mint")
     }
 
     /// A client acting as `email` in `org`.
@@ -214,12 +205,7 @@ impl Reply {
     /// Asserts the status, and for errors the `{ statusCode, message, error }` shape.
     #[track_caller]
     pub fn expect(self, status: u16) -> Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "unexpected status, body: {}",
-            self.body
-        );
+        assert_eq!(self.status.as_u16(), status, "unexpected status, body: {}", self.body);
         if status >= 400 {
             assert_error_shape(&self.body, status);
         }
@@ -229,15 +215,24 @@ impl Reply {
 
 #[track_caller]
 pub fn assert_error_shape(body: &Value, status: u16) {
-    assert_eq!(body["statusCode"], status, "error body: {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "error body has a message: {body}"
-    );
-    assert!(
-        body["error"].as_str().is_some_and(|m| !m.is_empty()),
-        "error body has an error: {body}"
-    );
+    if let Err(problem) = check_error_shape(body, status) {
+        panic!("{problem}");
+    }
+}
+
+/// The `{ statusCode, message, error }` check of [`assert_error_shape`], as a value, for table
+/// tests that collect every failure before asserting.
+pub fn check_error_shape(body: &Value, status: u16) -> Result<(), String> {
+    if body["statusCode"] != status {
+        return Err(format!("error body has statusCode {status}: {body}"));
+    }
+    if body["message"].as_str().is_none_or(str::is_empty) {
+        return Err(format!("error body has a message: {body}"));
+    }
+    if body["error"].as_str().is_none_or(str::is_empty) {
+        return Err(format!("error body has an error: {body}"));
+    }
+    Ok(())
 }
 
 impl User {
@@ -260,13 +255,7 @@ impl User {
     }
 
     /// Sends a raw body with a content type (for malformed-input tests).
-    pub async fn send_raw(
-        &self,
-        method: Method,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-    ) -> Reply {
+    pub async fn send_raw(&self, method: Method, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -302,10 +291,7 @@ impl User {
 
     /// Creates a group and returns its id.
     pub async fn create_group(&self, body: Value) -> String {
-        let group = self
-            .post("/client/community/groups", body)
-            .await
-            .expect(201);
+        let group = self.post("/client/community/groups", body).await.expect(201);
         group["id"].as_str().expect("group id").to_owned()
     }
 

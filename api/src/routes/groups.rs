@@ -71,7 +71,7 @@ pub async fn list_groups(
             ListGroups {
                 page: query.page,
                 public_only: query.visibility == Some(Visibility::Public),
-                limit: query.limit.unwrap_or(0),
+                limit: query.limit,
                 page_num: query.page_num.unwrap_or(1),
             },
         )

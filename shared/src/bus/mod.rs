@@ -124,6 +124,21 @@ pub struct Envelope {
     pub topic: Topic,
     #[serde(flatten)]
     pub event: Event,
+    /// W3C trace context of the write that caused the event, so the gateway's fan-out joins
+    /// its trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Envelope {
+    /// An envelope carrying the current span's trace context.
+    pub fn new(topic: Topic, event: Event) -> Self {
+        Self {
+            topic,
+            event,
+            trace: crate::telemetry::current_trace_context(),
+        }
+    }
 }
 
 #[async_trait::async_trait]

@@ -61,8 +61,9 @@ impl GroupType {
     }
 }
 
+/// Also an input (the `members` of a create), so unknown fields are rejected like in every body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Member {
     #[schema(value_type = String, format = "email")]
     pub email: Email,
@@ -198,7 +199,8 @@ pub struct ListGroups {
     pub page: Option<String>,
     /// `true`: the org's public groups, joined or not; `false`: the caller's groups.
     pub public_only: bool,
-    pub limit: u64,
+    /// 1 to 100; `None`: the default (20).
+    pub limit: Option<u64>,
     /// 1-based.
     pub page_num: u64,
 }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use super::{
     model::{
         AddMember, CreateGroup, Group, GroupType, HistoryCursor, ListGroups, Member, Message, PostMessage, Role,
@@ -114,14 +116,16 @@ impl ChatService {
         };
         let events: Vec<Envelope> = members
             .iter()
-            .map(|m| Envelope {
-                topic: Topic::user(&caller.org, &m.email),
-                event: Event::AddedToGroup {
-                    group: Group {
-                        my_role: Some(m.role),
-                        ..broadcast.clone()
+            .map(|m| {
+                Envelope::new(
+                    Topic::user(&caller.org, &m.email),
+                    Event::AddedToGroup {
+                        group: Group {
+                            my_role: Some(m.role),
+                            ..broadcast.clone()
+                        },
                     },
-                },
+                )
             })
             .collect();
         self.publish_all(events).await;
@@ -129,11 +133,7 @@ impl ChatService {
     }
 
     pub async fn list_groups(&self, caller: &Caller, query: ListGroups) -> Result<Page, DomainError> {
-        let limit = validate::limit(
-            Some(query.limit).filter(|l| *l != 0),
-            DEFAULT_LIST_LIMIT,
-            MAX_LIST_LIMIT,
-        )?;
+        let limit = validate::limit(query.limit, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)?;
         if query.page_num == 0 {
             return Err(DomainError::invalid("pageNum must be 1 or more"));
         }
@@ -187,15 +187,15 @@ impl ChatService {
             .await?
             .ok_or_else(|| DomainError::not_found("group not found"))?;
         let group = GroupRow { row: saved, my_role }.into_group()?;
-        self.publish_all([Envelope {
-            topic: Topic::group(&caller.org, id),
-            event: Event::GroupUpdated {
+        self.publish_all([Envelope::new(
+            Topic::group(&caller.org, id),
+            Event::GroupUpdated {
                 group: Group {
                     my_role: None,
                     ..group.clone()
                 },
             },
-        }])
+        )])
         .await;
         Ok(group)
     }
@@ -206,16 +206,17 @@ impl ChatService {
         if !self.inner.store.delete_group(&caller.org, id).await? {
             return Err(DomainError::not_found("group not found"));
         }
-        self.publish_all([Envelope {
-            topic: Topic::group(&caller.org, id),
-            event: Event::GroupDeleted { group_id: id },
-        }])
+        self.publish_all([Envelope::new(
+            Topic::group(&caller.org, id),
+            Event::GroupDeleted { group_id: id },
+        )])
         .await;
         Ok(())
     }
 
     /// Stores a message; `(message, true)` when it is a replay of an earlier send with the same
     /// `clientMessageId` (nothing new is stored or published).
+    #[tracing::instrument(name = "post_message", skip_all, fields(org = %caller.org, group = %id))]
     pub async fn post_message(
         &self,
         caller: &Caller,
@@ -250,10 +251,10 @@ impl ChatService {
         match self.inner.store.insert_message(message).await? {
             InsertOutcome::Replayed(stored) => Ok((stored, true)),
             InsertOutcome::Stored(stored) => {
-                self.publish_all([Envelope {
-                    topic: Topic::group(&caller.org, id),
-                    event: Event::NewGroupMessage(stored.clone()),
-                }])
+                self.publish_all([Envelope::new(
+                    Topic::group(&caller.org, id),
+                    Event::NewGroupMessage(stored.clone()),
+                )])
                 .await;
                 Ok((stored, false))
             }
@@ -325,22 +326,22 @@ impl ChatService {
             role,
         };
         if change != MemberChange::Unchanged {
-            let mut events = vec![Envelope {
-                topic: Topic::group(&caller.org, id),
-                event: Event::GroupMemberAdded {
+            let mut events = vec![Envelope::new(
+                Topic::group(&caller.org, id),
+                Event::GroupMemberAdded {
                     group_id: id,
                     member: member.clone(),
                 },
-            }];
+            )];
             if change == MemberChange::Added
                 && let Some(row) = self.inner.store.find_group(&caller.org, id, &member.email).await?
             {
-                events.push(Envelope {
-                    topic: Topic::user(&caller.org, &member.email),
-                    event: Event::AddedToGroup {
+                events.push(Envelope::new(
+                    Topic::user(&caller.org, &member.email),
+                    Event::AddedToGroup {
                         group: row.into_group()?,
                     },
-                });
+                ));
             }
             self.publish_all(events).await;
         }
@@ -355,17 +356,17 @@ impl ChatService {
         }
         self.inner.store.remove_member(&caller.org, id, email).await?;
         self.publish_all([
-            Envelope {
-                topic: Topic::user(&caller.org, email),
-                event: Event::RemovedFromGroup { group_id: id },
-            },
-            Envelope {
-                topic: Topic::group(&caller.org, id),
-                event: Event::GroupMemberRemoved {
+            Envelope::new(
+                Topic::user(&caller.org, email),
+                Event::RemovedFromGroup { group_id: id },
+            ),
+            Envelope::new(
+                Topic::group(&caller.org, id),
+                Event::GroupMemberRemoved {
                     group_id: id,
                     email: email.clone(),
                 },
-            },
+            ),
         ])
         .await;
         Ok(())
@@ -396,7 +397,8 @@ impl ChatService {
     async fn publish_all(&self, envelopes: impl IntoIterator<Item = Envelope>) {
         for envelope in envelopes {
             let event = envelope.event.name();
-            if let Err(e) = self.inner.bus.publish(envelope).await {
+            let span = tracing::info_span!("publish", event);
+            if let Err(e) = self.inner.bus.publish(envelope).instrument(span).await {
                 // The write is committed; clients catch up by seq. Log and go on.
                 tracing::warn!(error = %e, event, "publishing an event failed");
             }
