@@ -346,15 +346,6 @@ async fn snapshot(server: &TestServer, group: &str) -> Vec<(String, u16, Value)>
     out
 }
 
-/// The first difference between two snapshots, if any.
-fn difference(before: &[(String, u16, Value)], after: &[(String, u16, Value)]) -> Option<String> {
-    before
-        .iter()
-        .zip(after)
-        .find(|(b, a)| b != a)
-        .map(|((what, s0, b0), (_, s1, b1))| format!("{what} changed: {s0} {b0} -> {s1} {b1}"))
-}
-
 async fn every_endpoint_caller_and_group_type(backend: Backend) {
     let server = TestServer::start(backend).await;
     let admin = server.user(ORG_A, ADMIN);
@@ -397,7 +388,7 @@ async fn every_endpoint_caller_and_group_type(backend: Backend) {
                 failures.push(format!("{case}: {problem}"));
             }
             if expected >= 400
-                && let Some(change) = difference(&before, &snapshot(&server, &group).await)
+                && let Some(change) = common::snapshot_difference(&before, &snapshot(&server, &group).await)
             {
                 failures.push(format!("{case}: refused, but {change}"));
             }

@@ -121,14 +121,6 @@ async fn snapshot(w: &World) -> Vec<(String, u16, Value)> {
     out
 }
 
-fn difference(before: &[(String, u16, Value)], after: &[(String, u16, Value)]) -> Option<String> {
-    before
-        .iter()
-        .zip(after)
-        .find(|(b, a)| b != a)
-        .map(|((what, s0, b0), (_, s1, b1))| format!("{what} changed: {s0} {b0} -> {s1} {b1}"))
-}
-
 /// Sends `body` as `user` (raw bodies are sent as they are, with their own content type).
 async fn send(user: &User, method: Method, path: &str, body: Body) -> (u16, Value) {
     let mut request = user
@@ -167,7 +159,7 @@ async fn run(w: &World, cases: Vec<Case>) -> Vec<String> {
         {
             failures.push(format!("{label}: {problem}"));
         }
-        if let Some(change) = difference(&before, &snapshot(w).await) {
+        if let Some(change) = common::snapshot_difference(&before, &snapshot(w).await) {
             failures.push(format!("{label}: rejected, but {change}"));
         }
     }

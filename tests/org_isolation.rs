@@ -70,14 +70,6 @@ async fn snapshot(server: &TestServer, org: &str, groups: &[&str]) -> Vec<(Strin
     out
 }
 
-fn difference(before: &[(String, u16, Value)], after: &[(String, u16, Value)]) -> Option<String> {
-    before
-        .iter()
-        .zip(after)
-        .find(|(b, a)| b != a)
-        .map(|((what, s0, b0), (_, s1, b1))| format!("{what} changed: {s0} {b0} -> {s1} {b1}"))
-}
-
 /// Checks one reply against its expected status and the error shape; returns the problems.
 fn check(label: &str, reply: common::Reply, expected: u16) -> Vec<String> {
     let status = reply.status.as_u16();
@@ -263,13 +255,14 @@ async fn org_a_group_ids_are_unknown_in_org_b(backend: Backend) {
                 let label = format!("org-b {email}: {what} on org A's group ({method} {path})");
                 let reply = user.send(method, &path, body).await;
                 failures.extend(check(&label, reply, 404));
-                if let Some(change) = difference(&a_before, &snapshot(&server, ORG_A, &a_groups).await) {
+                if let Some(change) = common::snapshot_difference(&a_before, &snapshot(&server, ORG_A, &a_groups).await)
+                {
                     failures.push(format!("{label}: org A {change}"));
                 }
             }
         }
     }
-    if let Some(change) = difference(&b_before, &snapshot(&server, ORG_B, &[&b_group]).await) {
+    if let Some(change) = common::snapshot_difference(&b_before, &snapshot(&server, ORG_B, &[&b_group]).await) {
         failures.push(format!("org B itself {change}"));
     }
     assert!(
@@ -326,10 +319,10 @@ async fn org_a_message_ids_are_unknown_in_org_b(backend: Backend) {
             failures.extend(check(&label, ann_b.send(method, &path, body).await, 400));
         }
     }
-    if let Some(change) = difference(&b_before, &snapshot(&server, ORG_B, &[&b_group]).await) {
+    if let Some(change) = common::snapshot_difference(&b_before, &snapshot(&server, ORG_B, &[&b_group]).await) {
         failures.push(format!("org B {change}"));
     }
-    if let Some(change) = difference(&a_before, &snapshot(&server, ORG_A, &a_groups).await) {
+    if let Some(change) = common::snapshot_difference(&a_before, &snapshot(&server, ORG_A, &a_groups).await) {
         failures.push(format!("org A {change}"));
     }
     assert!(
@@ -401,10 +394,10 @@ async fn token_of_one_org_with_the_orgid_of_another_is_403(backend: Backend) {
             failures.extend(check(&label, user.send(method, &path, body).await, 403));
         }
     }
-    if let Some(change) = difference(&a_before, &snapshot(&server, ORG_A, &a_groups).await) {
+    if let Some(change) = common::snapshot_difference(&a_before, &snapshot(&server, ORG_A, &a_groups).await) {
         failures.push(format!("org A {change}"));
     }
-    if let Some(change) = difference(&b_before, &snapshot(&server, ORG_B, &[&b_group]).await) {
+    if let Some(change) = common::snapshot_difference(&b_before, &snapshot(&server, ORG_B, &[&b_group]).await) {
         failures.push(format!("org B {change}"));
     }
     assert!(

@@ -328,3 +328,13 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// The first difference between two snapshots of `(what, status, body)` reads, if any: the
+/// "bad input changes nothing" check of the table tests.
+pub fn snapshot_difference(before: &[(String, u16, Value)], after: &[(String, u16, Value)]) -> Option<String> {
+    before
+        .iter()
+        .zip(after)
+        .find(|(b, a)| b != a)
+        .map(|((what, s0, b0), (_, s1, b1))| format!("{what} changed: {s0} {b0} -> {s1} {b1}"))
+}
