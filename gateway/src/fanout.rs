@@ -1,6 +1,12 @@
 //! Fan-out: every envelope the bus delivers goes to the local sockets that should see it,
 //! and only to them. Messages of a group leave in seq order with no gap: one that arrives
 //! early (two API pods racing) is held briefly, and what is missing is fetched from the store.
+//!
+//! Each group's ordering starts from the group's `last_seq` read just before the gateway
+//! subscribes to it ([`Seeds`]) and ends when it unsubscribes; so the first message a gateway
+//! sees of a group is never taken as the start of the sequence. After the bus reconnects (or
+//! the fan-out fell behind it), the tail of every group is read again and what the bus missed
+//! is fetched from the store.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,6 +20,7 @@ use community_chat_shared::{
     bus::{Envelope, Event, Target, Topic},
     domain::model::Message,
     ids::{GroupId, OrgId},
+    store::Store,
     telemetry,
 };
 use serde_json::value::RawValue;
@@ -27,22 +34,106 @@ use crate::{
 
 /// Most messages held per group while waiting for a missing seq.
 const MAX_HELD: usize = 1_000;
-/// Sequencing state of a group nobody touched for this long is dropped.
-const IDLE_STATE: Duration = Duration::from_secs(120);
+/// Largest gap fetched from the store and sent to the room. A larger one is skipped: the
+/// sockets see the jump in seq and catch up themselves (`syncGroups`), paced by their own acks,
+/// instead of a burst that would overflow their queues.
+const MAX_GAP_FILL: i64 = 100;
+/// Most groups in one tail query.
+const TAIL_CHUNK: usize = 1_000;
 
 type GroupKey = (OrgId, GroupId);
 
-/// Per-group ordering state.
+/// Per-group ordering state, from subscribe to unsubscribe.
 struct Sequencer {
     /// Last seq sent to the room.
     last: i64,
+    /// Highest seq known to be committed (from the store's tail), to fetch up to.
+    tail: i64,
     /// Messages that arrived ahead of `last + 1`.
     held: BTreeMap<i64, Message>,
     /// When the oldest held message arrived.
     held_since: Option<Instant>,
     /// A store fetch for the gap is under way.
     fetching: bool,
-    touched: Instant,
+}
+
+impl Sequencer {
+    fn starting_after(last: i64) -> Self {
+        Self {
+            last,
+            tail: last,
+            held: BTreeMap::new(),
+            held_since: None,
+            fetching: false,
+        }
+    }
+}
+
+/// What the subscription task and tail reads tell the fan-out.
+pub(crate) enum Control {
+    /// About to subscribe: each group's sequence continues after this seq.
+    Seed(Vec<(GroupKey, i64)>),
+    /// Unsubscribed: these groups' state goes.
+    Forget(Vec<GroupKey>),
+    /// The store's last seq of these groups, read after the bus may have missed events.
+    Tails(Vec<(GroupKey, i64)>),
+}
+
+/// The subscription task's handle on the fan-out's ordering state.
+#[derive(Clone)]
+pub(crate) struct Seeds {
+    store: Store,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Seeds {
+    pub(crate) fn new(store: Store) -> (Self, mpsc::UnboundedReceiver<Control>) {
+        let (control, receiver) = mpsc::unbounded_channel();
+        (Self { store, control }, receiver)
+    }
+
+    /// Reads where each group of `topics` stands and tells the fan-out, before the bus is asked
+    /// to subscribe. If the store does not answer, the fan-out starts the group at the first
+    /// message it sees (and gap fills cannot work then either).
+    pub(crate) async fn seed(&self, topics: &[Topic]) {
+        let seeds = read_tails(&self.store, group_keys(topics)).await;
+        if !seeds.is_empty() && self.control.send(Control::Seed(seeds)).is_err() {
+            tracing::debug!("fan-out has ended; seeds dropped");
+        }
+    }
+
+    pub(crate) fn forget(&self, topics: &[Topic]) {
+        let keys: Vec<GroupKey> = group_keys(topics).collect();
+        if !keys.is_empty() && self.control.send(Control::Forget(keys)).is_err() {
+            tracing::debug!("fan-out has ended; forget dropped");
+        }
+    }
+}
+
+fn group_keys(topics: &[Topic]) -> impl Iterator<Item = GroupKey> + '_ {
+    topics.iter().filter_map(|t| match t.target {
+        Target::Group(g) => Some((t.org.clone(), g)),
+        Target::User(_) => None,
+    })
+}
+
+/// The store's last seq of each group, a query per org and chunk. Groups the store could not
+/// answer for are left out (logged).
+async fn read_tails(store: &Store, keys: impl Iterator<Item = GroupKey>) -> Vec<(GroupKey, i64)> {
+    let mut by_org: HashMap<OrgId, Vec<GroupId>> = HashMap::new();
+    for (org, group) in keys {
+        by_org.entry(org).or_default().push(group);
+    }
+    let mut out = Vec::new();
+    for (org, groups) in by_org {
+        for chunk in groups.chunks(TAIL_CHUNK) {
+            match store.last_seqs(&org, chunk).await {
+                Ok(rows) => out.extend(rows.into_iter().map(|(g, seq)| ((org.clone(), g), seq))),
+                Err(e) => tracing::warn!(error = %e, groups = chunk.len(), "cannot read group tails"),
+            }
+        }
+    }
+    out
 }
 
 /// The result of a gap fetch, back to the fan-out task.
@@ -51,17 +142,37 @@ struct Filled {
     messages: Result<Vec<Message>, String>,
 }
 
-pub(crate) async fn run(gateway: Arc<Gateway>, mut deliveries: broadcast::Receiver<Arc<Envelope>>) {
+pub(crate) async fn run(
+    gateway: Arc<Gateway>,
+    mut deliveries: broadcast::Receiver<Arc<Envelope>>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    reconnections: Option<broadcast::Receiver<()>>,
+) {
     let (fill_tx, mut fill_rx) = mpsc::channel::<Filled>(1024);
+    let (tails_tx, tails_rx) = mpsc::unbounded_channel::<Control>();
+    let mut tails_rx = tails_rx;
     let mut sequencers: HashMap<GroupKey, Sequencer> = HashMap::new();
     let gap_delay = Duration::from_millis(gateway.limits.gap_fill_delay_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(
         gap_delay.as_millis().clamp(10, 1000) as u64 / 2 + 5,
     ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_sweep = Instant::now();
+    let (has_reconnections, mut reconnections) = match reconnections {
+        Some(r) => (true, r),
+        None => (false, broadcast::channel(1).1),
+    };
     loop {
         tokio::select! {
+            // Seeds are sent before the bus subscribes, so they are always taken before the
+            // first delivery of their group.
+            biased;
+            Some(message) = control.recv() => apply_control(&gateway, &mut sequencers, message, &fill_tx),
+            Some(message) = tails_rx.recv() => apply_control(&gateway, &mut sequencers, message, &fill_tx),
+            Some(filled) = fill_rx.recv() => {
+                if let Some(state) = sequencers.get_mut(&filled.key) {
+                    apply_fill(&gateway, &filled.key, state, filled.messages);
+                }
+            }
             received = deliveries.recv() => match received {
                 Ok(envelope) => {
                     gateway.metrics.events_in.fetch_add(1, Ordering::Relaxed);
@@ -72,17 +183,19 @@ pub(crate) async fn run(gateway: Arc<Gateway>, mut deliveries: broadcast::Receiv
                     dispatch(&gateway, &mut sequencers, &envelope).instrument(span).await;
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    // Clients see the gap in seq and catch up from the store.
                     gateway.metrics.events_lagged.fetch_add(missed, Ordering::Relaxed);
-                    tracing::warn!(missed, "fan-out fell behind the bus; skipped events");
+                    tracing::warn!(missed, "fan-out fell behind the bus; fetching what it skipped");
+                    refresh_tails(&gateway, &sequencers, &tails_tx);
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            Some(filled) = fill_rx.recv() => {
-                if let Some(state) = sequencers.get_mut(&filled.key) {
-                    apply_fill(&gateway, &filled.key, state, filled.messages);
+            reconnected = reconnections.recv(), if has_reconnections => match reconnected {
+                Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    tracing::info!(groups = sequencers.len(), "bus reconnected; fetching what it missed");
+                    refresh_tails(&gateway, &sequencers, &tails_tx);
                 }
-            }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
             _ = tick.tick() => {
                 let now = Instant::now();
                 for (key, state) in sequencers.iter_mut() {
@@ -91,14 +204,71 @@ pub(crate) async fn run(gateway: Arc<Gateway>, mut deliveries: broadcast::Receiv
                         start_fill(&gateway, key.clone(), state, fill_tx.clone());
                     }
                 }
-                if now.duration_since(last_sweep) > IDLE_STATE {
-                    sequencers.retain(|_, s| !s.held.is_empty() || now.duration_since(s.touched) < IDLE_STATE);
-                    last_sweep = now;
-                }
             }
         }
     }
     tracing::info!("fan-out stopped: the bus closed");
+}
+
+fn apply_control(
+    gateway: &Arc<Gateway>,
+    sequencers: &mut HashMap<GroupKey, Sequencer>,
+    message: Control,
+    fill_tx: &mpsc::Sender<Filled>,
+) {
+    match message {
+        Control::Seed(seeds) => {
+            for (key, seq) in seeds {
+                match sequencers.get_mut(&key) {
+                    // Started by a message before the seed came (the store read failed
+                    // earlier, or a stray delivery): the seed only moves it forward.
+                    Some(state) if state.last < seq => {
+                        state.last = seq;
+                        state.tail = state.tail.max(seq);
+                        release_held(gateway, &key, state);
+                    }
+                    Some(_) => {}
+                    None => {
+                        sequencers.insert(key, Sequencer::starting_after(seq));
+                    }
+                }
+            }
+        }
+        Control::Forget(keys) => {
+            for key in keys {
+                sequencers.remove(&key);
+            }
+        }
+        Control::Tails(tails) => {
+            for (key, seq) in tails {
+                if let Some(state) = sequencers.get_mut(&key)
+                    && seq > state.last
+                {
+                    state.tail = state.tail.max(seq);
+                    if !state.fetching {
+                        start_fill(gateway, key, state, fill_tx.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the store's tail of every group in order, in the background; the answer comes back
+/// as [`Control::Tails`].
+fn refresh_tails(gateway: &Gateway, sequencers: &HashMap<GroupKey, Sequencer>, tails: &mpsc::UnboundedSender<Control>) {
+    if sequencers.is_empty() {
+        return;
+    }
+    let keys: Vec<GroupKey> = sequencers.keys().cloned().collect();
+    let store = gateway.service.store().clone();
+    let tails = tails.clone();
+    tokio::spawn(async move {
+        let read = read_tails(&store, keys.into_iter()).await;
+        if tails.send(Control::Tails(read)).is_err() {
+            tracing::debug!("fan-out ended before the tails were read");
+        }
+    });
 }
 
 async fn dispatch(gateway: &Arc<Gateway>, sequencers: &mut HashMap<GroupKey, Sequencer>, envelope: &Envelope) {
@@ -106,14 +276,18 @@ async fn dispatch(gateway: &Arc<Gateway>, sequencers: &mut HashMap<GroupKey, Seq
     match (target, &envelope.event) {
         (Target::Group(group), Event::NewGroupMessage(message)) => {
             let key = (org.clone(), *group);
-            let state = sequencers.entry(key.clone()).or_insert_with(|| Sequencer {
-                last: message.seq - 1,
-                held: BTreeMap::new(),
-                held_since: None,
-                fetching: false,
-                touched: Instant::now(),
-            });
-            state.touched = Instant::now();
+            let state = match sequencers.entry(key.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    // Not subscribed by this gateway (the in-process bus delivers everything),
+                    // or its seed could not be read: with nobody here, nothing to do; else the
+                    // sequence starts at this message.
+                    if gateway.namespace_sockets(&rooms::group(org, *group)).is_empty() {
+                        return;
+                    }
+                    e.insert(Sequencer::starting_after(message.seq - 1))
+                }
+            };
             if message.seq <= state.last {
                 gateway.metrics.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
             } else if message.seq == state.last + 1 {
@@ -246,18 +420,32 @@ fn release_held(gateway: &Gateway, key: &GroupKey, state: &mut Sequencer) {
     };
 }
 
+/// Fetches what is missing between the last seq sent and the first held message (or the known
+/// tail). A gap over [`MAX_GAP_FILL`] is skipped instead: clients see it and catch up.
 fn start_fill(gateway: &Arc<Gateway>, key: GroupKey, state: &mut Sequencer, results: mpsc::Sender<Filled>) {
-    let Some(first_held) = state.held.keys().next().copied() else {
-        return;
+    let target = match state.held.keys().next() {
+        Some(first_held) => *first_held,
+        None => state.tail + 1,
     };
+    let missing = target - state.last - 1;
+    if missing <= 0 {
+        release_held(gateway, &key, state);
+        return;
+    }
+    if missing > MAX_GAP_FILL {
+        gateway.metrics.gaps_skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(group = %key.1, missing, "gap too large to fill; clients catch up by seq");
+        state.last = target - 1;
+        release_held(gateway, &key, state);
+        return;
+    }
     state.fetching = true;
     let after = state.last;
-    let missing = (first_held - after - 1).max(1) as u64;
     let store = gateway.service.store().clone();
     gateway.metrics.gap_fills.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let messages = store
-            .messages_after(&key.0, key.1, after, missing)
+            .messages_after(&key.0, key.1, after, missing as u64)
             .await
             .map_err(|e| e.to_string());
         if results.send(Filled { key, messages }).await.is_err() {

@@ -89,8 +89,9 @@ pub fn build(
     metrics: &Metrics,
 ) -> (SocketIoLayer, GatewayHandle) {
     let bus = service.bus().clone();
+    let (seeds, control) = fanout::Seeds::new(service.store().clone());
     let gateway = Arc::new(Gateway {
-        subscriptions: Subscriptions::start(bus.clone()),
+        subscriptions: Subscriptions::start(bus.clone(), seeds),
         service,
         auth,
         limits: limits.clone(),
@@ -112,7 +113,12 @@ pub fn build(
     if gateway.io.set(io.clone()).is_err() {
         tracing::error!("gateway io set twice");
     }
-    tokio::spawn(fanout::run(gateway.clone(), bus.deliveries()));
+    tokio::spawn(fanout::run(
+        gateway.clone(),
+        bus.deliveries(),
+        control,
+        bus.reconnections(),
+    ));
     register_metrics(metrics, &gateway);
     (layer, GatewayHandle { io, gateway })
 }

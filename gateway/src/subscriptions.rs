@@ -7,17 +7,22 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering as AtomicOrdering},
     },
+    time::Duration,
 };
 
 use community_chat_shared::bus::{Bus, Topic};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fanout::Seeds;
+
 /// Most requests waiting for the subscription task; senders wait when it is full.
 const QUEUE_CAPACITY: usize = 65_536;
 /// Most requests folded into one round of bus calls.
 const MAX_BATCH: usize = 4_096;
+/// How often a subscribe call that failed while the bus was up is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 enum Request {
     /// Count one more user of each topic; answer once the bus has been asked to subscribe.
@@ -35,10 +40,10 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     /// Starts the task that owns the counts; it ends when every handle is dropped.
-    pub fn start(bus: Arc<dyn Bus>) -> Self {
+    pub(crate) fn start(bus: Arc<dyn Bus>, seeds: Seeds) -> Self {
         let (requests, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let active = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(bus, receiver, active.clone()));
+        tokio::spawn(run(bus, seeds, receiver, active.clone()));
         Self { requests, active }
     }
 
@@ -62,10 +67,31 @@ impl Subscriptions {
     }
 }
 
-async fn run(bus: Arc<dyn Bus>, mut requests: mpsc::Receiver<Request>, active: Arc<AtomicUsize>) {
+async fn run(bus: Arc<dyn Bus>, seeds: Seeds, mut requests: mpsc::Receiver<Request>, active: Arc<AtomicUsize>) {
     let mut counts: HashMap<Topic, usize> = HashMap::new();
     let mut subscribed: HashSet<Topic> = HashSet::new();
-    while let Some(first) = requests.recv().await {
+    // Topics whose subscribe call failed while the bus was up (a timeout): asked again on a
+    // timer. (While it is down, the bus itself subscribes everything again on reconnect.)
+    let mut retry: HashSet<Topic> = HashSet::new();
+    let mut retry_tick = tokio::time::interval(RETRY_EVERY);
+    retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            request = requests.recv() => match request {
+                Some(request) => request,
+                None => break,
+            },
+            _ = retry_tick.tick(), if !retry.is_empty() => {
+                let again: Vec<Topic> = retry.drain().filter(|t| counts.contains_key(t)).collect();
+                if !again.is_empty()
+                    && let Err(e) = bus.subscribe(&again).await
+                {
+                    tracing::debug!(error = %e, topics = again.len(), "subscribe retry failed");
+                    retry.extend(again);
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
@@ -111,15 +137,21 @@ async fn run(bus: Arc<dyn Bus>, mut requests: mpsc::Receiver<Request>, active: A
             }
             for topic in &unsubscribe {
                 subscribed.remove(topic);
+                retry.remove(topic);
             }
+            seeds.forget(&unsubscribe);
         }
         if !subscribe.is_empty() {
+            // Where each group's ordering starts is read before subscribing: whatever commits
+            // from then on either arrives on the bus or is fetched as a gap.
+            seeds.seed(&subscribe).await;
             if let Err(e) = bus.subscribe(&subscribe).await {
-                tracing::warn!(error = %e, topics = subscribe.len(), "subscribe failed; the bus retries when it reconnects");
+                tracing::warn!(error = %e, topics = subscribe.len(), "subscribe failed; retried");
+                retry.extend(subscribe.iter().cloned());
             }
             subscribed.extend(subscribe);
         }
-        active.store(subscribed.len(), Ordering::Relaxed);
+        active.store(subscribed.len(), AtomicOrdering::Relaxed);
         for done in waiting {
             if done.send(()).is_err() {
                 tracing::trace!("a socket left before its subscription was ready");

@@ -158,4 +158,11 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Whether the bus's backend answers, for `/readyz`.
     async fn ping(&self) -> Result<(), DomainError>;
+
+    /// Fires each time the bus has reconnected and subscribed again: events published while it
+    /// was away were missed, and the gateway fetches them from the store. `None`: the bus never
+    /// disconnects (in-process).
+    fn reconnections(&self) -> Option<broadcast::Receiver<()>> {
+        None
+    }
 }

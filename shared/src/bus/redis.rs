@@ -38,6 +38,8 @@ pub struct RedisBus {
     /// Channels this process wants, re-subscribed after each reconnect.
     wanted: Arc<Mutex<HashSet<String>>>,
     deliveries: broadcast::Sender<Arc<Envelope>>,
+    /// Told after each reconnect once every wanted channel was subscribed again.
+    resubscribed: broadcast::Sender<()>,
 }
 
 impl RedisBus {
@@ -69,6 +71,7 @@ impl RedisBus {
             .await
             .map_err(|e| DomainError::Unavailable(format!("REDIS_URL: cannot connect: {e}")))?;
         let (deliveries, _) = broadcast::channel(DELIVERY_CAPACITY);
+        let (resubscribed, _) = broadcast::channel(16);
         let bus = Self {
             publisher,
             subscriber,
@@ -76,6 +79,7 @@ impl RedisBus {
             sharded,
             wanted: Arc::new(Mutex::new(HashSet::new())),
             deliveries,
+            resubscribed,
         };
         bus.forward_messages();
         bus.resubscribe_on_reconnect();
@@ -116,6 +120,7 @@ impl RedisBus {
         let subscriber = self.subscriber.clone();
         let wanted = self.wanted.clone();
         let sharded = self.sharded;
+        let resubscribed = self.resubscribed.clone();
         tokio::spawn(async move {
             loop {
                 match reconnects.recv().await {
@@ -132,6 +137,9 @@ impl RedisBus {
                             if let Err(e) = result {
                                 tracing::warn!(error = %e, "re-subscribing after a reconnect failed");
                             }
+                        }
+                        if resubscribed.send(()).is_err() {
+                            tracing::trace!("no fan-out listening for reconnects");
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
@@ -205,6 +213,10 @@ impl Bus for RedisBus {
 
     fn deliveries(&self) -> broadcast::Receiver<Arc<Envelope>> {
         self.deliveries.subscribe()
+    }
+
+    fn reconnections(&self) -> Option<broadcast::Receiver<()>> {
+        Some(self.resubscribed.subscribe())
     }
 
     async fn ping(&self) -> Result<(), DomainError> {
