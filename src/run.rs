@@ -131,6 +131,7 @@ async fn start_http(
     tier: Tier,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
+    register_pool_metrics(&metrics, store.clone());
     let auth = Arc::new(auth);
     let service = ChatService::new(store.clone(), bus, config.limits.clone());
     let state = AppState::new(service.clone(), auth.clone(), metrics.clone());
@@ -184,6 +185,27 @@ async fn start_http(
     tracing::info!("stopped");
     store.close().await;
     Ok(())
+}
+
+/// The database pool's gauges on `/metrics`.
+fn register_pool_metrics(metrics: &Metrics, store: Store) {
+    metrics.add_source(move |out| {
+        use std::fmt::Write;
+        let pool = store.pool_stats();
+        let _ = writeln!(
+            out,
+            "# HELP db_pool_connections Database connections of this process's pool, by state.\n\
+             # TYPE db_pool_connections gauge\n\
+             db_pool_connections{{state=\"in_use\"}} {}\n\
+             db_pool_connections{{state=\"idle\"}} {}\n\
+             # HELP db_pool_max_connections Most connections the pool opens (DATABASE_MAX_CONNECTIONS).\n\
+             # TYPE db_pool_max_connections gauge\n\
+             db_pool_max_connections {}",
+            pool.open.saturating_sub(pool.idle),
+            pool.idle,
+            pool.max
+        );
+    });
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

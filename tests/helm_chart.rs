@@ -407,6 +407,43 @@ fn production_values_render_autoscaled_monitored_tiers_behind_one_tls_host() {
     );
 }
 
+/// The values file of README's Deployment section, as written there.
+fn readme_values() -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    let start = "cat > my-values.yaml <<'YAML'\n";
+    let from = readme.find(start).expect("README's Deployment section writes my-values.yaml") + start.len();
+    let len = readme[from..].find("\nYAML\n").expect("the heredoc ends with YAML");
+    readme[from..from + len].to_owned()
+}
+
+#[test]
+fn the_readme_deployment_example_renders_what_it_says() {
+    let values = std::env::temp_dir().join(format!("cc-readme-values-{}.yaml", std::process::id()));
+    std::fs::write(&values, readme_values()).expect("write values");
+    let rendered = render(&["-f", values.to_str().expect("utf-8 path")]);
+    std::fs::remove_file(&values).ok();
+    let objects = rendered.unwrap_or_else(|e| panic!("README's values do not render:\n{e}"));
+    let counts = kind_counts(&objects);
+    assert!(!counts.contains_key("Secret"), "the existing Secret is used: {counts:?}");
+    assert_eq!(counts.get("ServiceMonitor"), Some(&2), "{counts:?}");
+    assert_eq!(counts.get("Ingress"), Some(&2), "{counts:?}");
+    check_references(&objects, &["community-chat-credentials"]);
+    for name in ["api", "gateway"] {
+        let deployment = find(&objects, "Deployment", &tier(name));
+        assert_eq!(container(deployment)["image"], "REGISTRY/community-chat:TAG");
+        let ingress = find(&objects, "Ingress", &tier(name));
+        assert_eq!(ingress["spec"]["rules"][0]["host"], "chat.example.com");
+    }
+    let config = find(&objects, "ConfigMap", &tier("config"));
+    assert_eq!(
+        config["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"],
+        "http://otel-collector.observability:4318"
+    );
+    // The README scales the gateway Deployment by this name.
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    assert!(readme.contains(&format!("kubectl scale deployment {} ", tier("gateway"))));
+}
+
 #[test]
 fn a_public_key_is_mounted_as_jwt_public_key_file_instead_of_a_secret() {
     let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n";

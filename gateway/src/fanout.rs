@@ -162,6 +162,8 @@ pub(crate) async fn run(
         None => (false, broadcast::channel(1).1),
     };
     loop {
+        gateway.metrics.group_rooms.store(sequencers.len() as i64, Ordering::Relaxed);
+        gateway.metrics.bus_queue.store(deliveries.len() as i64, Ordering::Relaxed);
         tokio::select! {
             // Seeds are sent before the bus subscribes, so they are always taken before the
             // first delivery of their group.
@@ -198,6 +200,8 @@ pub(crate) async fn run(
             },
             _ = tick.tick() => {
                 let now = Instant::now();
+                let held: usize = sequencers.values().map(|s| s.held.len()).sum();
+                gateway.metrics.held_messages.store(held as i64, Ordering::Relaxed);
                 for (key, state) in sequencers.iter_mut() {
                     let waited = state.held_since.is_some_and(|t| now.duration_since(t) >= gap_delay);
                     if !state.fetching && (waited || state.held.len() >= MAX_HELD) {
@@ -390,11 +394,8 @@ fn send_message(gateway: &Gateway, key: &GroupKey, message: &Message) {
             Err(e) => tracing::error!(error = %e, "cannot serialise a message"),
         }
     }
-    let age_ms = (chrono::Utc::now() - message.created_at).num_milliseconds().max(0) as u64;
-    gateway
-        .metrics
-        .fanout_latency_ms_sum
-        .fetch_add(age_ms, Ordering::Relaxed);
+    let age = (chrono::Utc::now() - message.created_at).to_std().unwrap_or_default();
+    gateway.metrics.fanout_latency.observe(age);
     gateway.metrics.fanout_messages.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -24,7 +24,12 @@ use std::{
     time::Duration,
 };
 
-use community_chat_shared::{auth::Authenticator, config::GatewayLimits, domain::ChatService, metrics::Metrics};
+use community_chat_shared::{
+    auth::Authenticator,
+    config::GatewayLimits,
+    domain::ChatService,
+    metrics::{Histogram, Metrics},
+};
 use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer};
 
 pub use subscriptions::Subscriptions;
@@ -44,7 +49,14 @@ pub struct GatewayMetrics {
     pub gaps_skipped: AtomicU64,
     pub slow_clients_disconnected: AtomicU64,
     pub fanout_messages: AtomicU64,
-    pub fanout_latency_ms_sum: AtomicU64,
+    /// Commit-to-emit time of fanned-out messages.
+    pub fanout_latency: Histogram,
+    /// Groups with local sockets whose messages this gateway orders (one room each).
+    pub group_rooms: AtomicI64,
+    /// Messages held for a missing seq, over all groups.
+    pub held_messages: AtomicI64,
+    /// Bus events received but not yet fanned out.
+    pub bus_queue: AtomicI64,
 }
 
 /// What the socket handlers reach through socketioxide's state.
@@ -125,9 +137,9 @@ pub fn build(
 
 fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
     let m = gateway.metrics.clone();
-    let subscriptions = gateway.subscriptions.active.clone();
+    let subscriptions = gateway.subscriptions.clone();
     metrics.add_source(move |out| {
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 8] = [
             (
                 "gateway_events_in_total",
                 "Bus events received by this gateway.",
@@ -168,16 +180,11 @@ fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
                 "Messages fanned out to rooms.",
                 m.fanout_messages.load(Ordering::Relaxed),
             ),
-            (
-                "gateway_fanout_latency_ms_sum",
-                "Sum of commit-to-emit milliseconds of fanned-out messages.",
-                m.fanout_latency_ms_sum.load(Ordering::Relaxed),
-            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
-        let gauges: [(&str, &str, i64); 2] = [
+        let gauges: [(&str, &str, i64); 6] = [
             (
                 "gateway_sockets_connected",
                 "Sockets connected to this gateway.",
@@ -186,11 +193,36 @@ fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
             (
                 "gateway_bus_subscriptions",
                 "Bus topics this gateway is subscribed to.",
-                subscriptions.load(Ordering::Relaxed) as i64,
+                subscriptions.active.load(Ordering::Relaxed) as i64,
+            ),
+            (
+                "gateway_group_rooms",
+                "Groups with sockets on this gateway.",
+                m.group_rooms.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_held_messages",
+                "Messages held back waiting for a missing seq.",
+                m.held_messages.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_bus_queue_depth",
+                "Bus events waiting for the fan-out.",
+                m.bus_queue.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_subscription_queue_depth",
+                "Subscribe/unsubscribe requests waiting for the subscription task.",
+                subscriptions.queued() as i64,
             ),
         ];
         for (name, help, value) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         }
+        m.fanout_latency.render(
+            "gateway_fanout_latency_seconds",
+            "Time from a message's commit to its emit to the local sockets.",
+            out,
+        );
     });
 }

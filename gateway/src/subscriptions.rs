@@ -60,6 +60,11 @@ impl Subscriptions {
         }
     }
 
+    /// Requests waiting for the subscription task (a metric).
+    pub fn queued(&self) -> usize {
+        QUEUE_CAPACITY - self.requests.capacity()
+    }
+
     pub async fn release(&self, topics: Vec<Topic>) {
         if !topics.is_empty() && self.requests.send(Request::Release(topics)).await.is_err() {
             tracing::debug!("subscription task has ended; release ignored");

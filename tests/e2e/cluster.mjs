@@ -13,7 +13,11 @@
 // Redis internals skip themselves (`cluster.external`).
 //
 // Binary: COMMUNITY_CHAT_BIN (else $CARGO_TARGET_DIR/debug/community-chat, else target/debug).
-// Postgres admin URL: TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/test).
+// Postgres admin URL: the `postgresUrl` option, else TEST_DATABASE_URL (default
+// postgres://postgres@127.0.0.1:5432/test). Redis: the `redisUrl` (or `redisPort`) option, else
+// redis://127.0.0.1:6379. Tests that break Postgres or Redis pass private ones (services.mjs).
+// Fault injection: cluster.kill(name) (SIGKILL) and cluster.restart(name) (same port), with
+// name one of api1, api2, gateway1, gateway2.
 // Logs: each process's stdout+stderr go to a file under a temp folder, removed by stop() unless
 // E2E_KEEP_LOGS=1; ERROR / WARN / panic lines are echoed to stderr as they happen
 // (E2E_ECHO_LOGS=all echoes every line, =none nothing).
@@ -97,24 +101,24 @@ export function redisCli(...args) {
   return run('redis-cli', ['-h', REDIS_HOST, '-p', String(REDIS_PORT), ...args], { timeout: 10_000 });
 }
 
-function postgresAdminUrl() {
+function defaultPostgresAdminUrl() {
   return process.env.TEST_DATABASE_URL || 'postgres://postgres@127.0.0.1:5432/test';
 }
 
-function databaseUrl(name) {
-  const admin = new URL(postgresAdminUrl());
+function databaseUrl(adminUrl, name) {
+  const admin = new URL(adminUrl);
   admin.pathname = `/${name}`;
   return admin.toString();
 }
 
-async function psql(sql) {
-  return run('psql', [postgresAdminUrl(), '-v', 'ON_ERROR_STOP=1', '-q', '-c', sql], { timeout: 30_000 });
+async function psql(adminUrl, sql) {
+  return run('psql', [adminUrl, '-v', 'ON_ERROR_STOP=1', '-q', '-c', sql], { timeout: 30_000 });
 }
 
 /// Processes still alive, killed if the test process exits without stop().
 const LIVE = new Set();
-/// Databases not dropped yet, dropped if the test process exits without stop().
-const DATABASES = new Set();
+/// Databases not dropped yet (name -> admin URL), dropped if the test process exits without stop().
+const DATABASES = new Map();
 /// Temp folders not removed yet, removed if the test process exits without stop().
 const WORKDIRS = new Set();
 let exitHookInstalled = false;
@@ -142,9 +146,9 @@ function installExitHook() {
         // already gone
       }
     }
-    for (const name of DATABASES) {
+    for (const [name, adminUrl] of DATABASES) {
       try {
-        execFileSync('psql', [postgresAdminUrl(), '-q', '-c', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], {
+        execFileSync('psql', [adminUrl, '-q', '-c', `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`], {
           timeout: 10_000,
           stdio: 'ignore',
         });
@@ -168,8 +172,10 @@ function baseEnv(extra) {
 class ServerProcess {
   constructor(name, bin, args, env, logDir) {
     this.name = name;
+    this.spec = { bin, args, env, logDir };
     this.logPath = path.join(logDir, `${name}.log`);
-    this.log = fs.createWriteStream(this.logPath);
+    // Appends: a restarted process (cluster.restart) logs after its predecessor.
+    this.log = fs.createWriteStream(this.logPath, { flags: 'a' });
     this.lines = [];
     this.exit = null; // { code, signal } once exited
     this.stopping = false;
@@ -201,7 +207,7 @@ class ServerProcess {
       const line = raw.replace(/\x1b\[[0-9;]*m/g, '');
       this.lines.push(line);
       if (this.lines.length > 2000) this.lines.splice(0, 1000);
-      this.log.write(`${line}\n`);
+      if (!this.log.writableEnded) this.log.write(`${line}\n`);
       const m = /listening on (http:\/\/\S+)/.exec(line);
       if (m) this.onListening(m[1]);
       if (echo === 'all' || (echo === 'problems' && /\b(ERROR|WARN)\b|panicked|slow client/.test(line))) {
@@ -229,6 +235,16 @@ class ServerProcess {
   /// Log lines that match `re` (for bug reports).
   grep(re) {
     return this.lines.filter((l) => re.test(l));
+  }
+
+  /// SIGKILL (fault injection): resolves once the process is gone.
+  async kill() {
+    if (this.exit) return this.exit;
+    this.stopping = true;
+    this.child.kill('SIGKILL');
+    await this.exited;
+    this.log.end();
+    return this.exit;
   }
 
   async stop(graceMs = 5000) {
@@ -281,7 +297,7 @@ async function withTimeout(promise, ms, what) {
  * Starts a topology. Returns { mode, apiUrls, gatewayUrls, token(org, email, opts?), secret,
  * redisPrefix, stop(), procs, external, crashed() }.
  */
-export async function startCluster({ mode = 'scaled', env = {} } = {}) {
+export async function startCluster({ mode = 'scaled', env = {}, postgresUrl, redisUrl, redisPort } = {}) {
   const external = externalTopology();
   if (external) {
     return {
@@ -309,6 +325,8 @@ export async function startCluster({ mode = 'scaled', env = {} } = {}) {
   WORKDIRS.add(workDir);
   const procs = [];
   const common = { JWT_SECRET: secret, LISTEN_ADDR: '127.0.0.1:0', ...env };
+  const adminUrl = postgresUrl || defaultPostgresAdminUrl();
+  const busUrl = redisUrl || `redis://${REDIS_HOST}:${redisPort ?? REDIS_PORT}`;
   let database = null;
   let redisPrefix = null;
   let stopped = false;
@@ -319,7 +337,7 @@ export async function startCluster({ mode = 'scaled', env = {} } = {}) {
     await Promise.all(procs.map((p) => p.stop()));
     if (database) {
       try {
-        await psql(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+        await psql(adminUrl, `DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
         DATABASES.delete(database);
       } catch (e) {
         process.stderr.write(`dropping ${database} failed: ${e.message}\n`);
@@ -339,12 +357,12 @@ export async function startCluster({ mode = 'scaled', env = {} } = {}) {
     if (mode === 'scaled') {
       database = `cc_e2e_${id}`;
       redisPrefix = `cc-e2e-${id}`;
-      DATABASES.add(database);
-      await psql(`CREATE DATABASE ${database}`);
+      DATABASES.set(database, adminUrl);
+      await psql(adminUrl, `CREATE DATABASE ${database}`);
       const scaledEnv = baseEnv({
         ...common,
-        DATABASE_URL: databaseUrl(database),
-        REDIS_URL: `redis://${REDIS_HOST}:${REDIS_PORT}`,
+        DATABASE_URL: databaseUrl(adminUrl, database),
+        REDIS_URL: busUrl,
         REDIS_CHANNEL_PREFIX: redisPrefix,
         DATABASE_MAX_CONNECTIONS: '8',
       });
@@ -369,6 +387,13 @@ export async function startCluster({ mode = 'scaled', env = {} } = {}) {
       apiUrls = [urls[0]];
       gatewayUrls = [urls[0]];
     }
+    const proc = (name) => {
+      const p = procs.find((q) => q.name === name);
+      if (!p) throw new Error(`no process named ${name} (${procs.map((q) => q.name).join(', ')})`);
+      return p;
+    };
+    /// Processes killed on purpose, kept for their log lines and exit status.
+    const killed = [];
     return {
       mode,
       external: false,
@@ -378,11 +403,32 @@ export async function startCluster({ mode = 'scaled', env = {} } = {}) {
       token: (org, email, opts = {}) => mintJwt(secret, { org, email, ...opts }),
       redisPrefix,
       database,
+      databaseUrl: mode === 'scaled' ? databaseUrl(adminUrl, database) : null,
+      postgresAdminUrl: mode === 'scaled' ? adminUrl : null,
+      redisUrl: mode === 'scaled' ? busUrl : null,
       workDir,
       procs,
+      killed,
       /// Processes that exited without being asked to.
       crashed: () => procs.filter((p) => p.exit && !p.stopping).map((p) => `${p.name}: ${JSON.stringify(p.exit)}`),
-      proc: (name) => procs.find((p) => p.name === name),
+      proc,
+      /// kill -9 of one process (fault injection); restart(name) brings it back.
+      kill: async (name) => proc(name).kill(),
+      /// Starts a process again on the port it had (after kill or stop), and waits until ready.
+      restart: async (name, { timeoutMs = 60_000 } = {}) => {
+        const old = proc(name);
+        if (!old.exit) await old.kill();
+        const { host, port } = new URL(old.baseUrl);
+        const { bin: b, args, env: e, logDir } = old.spec;
+        const fresh = new ServerProcess(name, b, args, { ...e, LISTEN_ADDR: `${host}:${port}` }, logDir);
+        procs[procs.indexOf(old)] = fresh;
+        killed.push(old);
+        const url = await withTimeout(fresh.url, timeoutMs, `${name} restarting: waiting for "listening on"`);
+        fresh.baseUrl = url;
+        if (url !== old.baseUrl) throw new Error(`${name} restarted on ${url}, not ${old.baseUrl}`);
+        await waitReady(url, fresh, timeoutMs);
+        return fresh;
+      },
       stop,
     };
   } catch (e) {

@@ -2,14 +2,15 @@
 // - a gateway subscribes only to the channels of groups (and users) that its sockets are in,
 //   and unsubscribes when the last one leaves (PUBSUB NUMSUB, /metrics);
 // - Redis restarted mid-session: live delivery resumes without reconnecting clients.
+// The cluster runs on a private Redis of its own (services.mjs: a free loopback port, started
+// and restarted by this file), never on the machine's shared one, which other tests use.
 // Skipped in the external topology (it reads Redis internals and restarts Redis) and when
 // E2E_MODES leaves out `scaled`.
 
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
 import { after, afterEach, before, describe, test } from 'node:test';
 
-import { externalTopology, redisCli, REDIS_HOST, REDIS_PORT, startCluster } from './cluster.mjs';
+import { externalTopology, startCluster } from './cluster.mjs';
 import {
   Clients,
   Rest,
@@ -20,6 +21,7 @@ import {
   sleep,
   uid,
 } from './helpers.mjs';
+import { privateRedis } from './services.mjs';
 import { TEST_ENV } from './suite.mjs';
 
 const modes = (process.env.E2E_MODES || 'scaled,standalone').split(',').map((m) => m.trim());
@@ -29,12 +31,9 @@ const skip = externalTopology()
     ? 'E2E_MODES does not include scaled'
     : false;
 
-/// The command that starts the machine's shared Redis again (exactly this one).
-const REDIS_START = [
-  'redis-server',
-  ['--daemonize', 'yes', '--bind', '127.0.0.1', '-::1', '--port', String(REDIS_PORT), '--save', '', '--appendonly', 'no',
-    '--dir', '/var/lib/redis', '--logfile', '/var/log/redis/ci.log'],
-];
+/// The private Redis of this file (services.mjs), started in before().
+let redis = null;
+const redisCli = (...args) => redis.cli(...args);
 
 async function numsub(channel) {
   const { stdout } = await redisCli('PUBSUB', 'NUMSUB', channel);
@@ -43,12 +42,7 @@ async function numsub(channel) {
 }
 
 async function ping() {
-  try {
-    const { stdout } = await redisCli('ping');
-    return stdout.trim() === 'PONG';
-  } catch {
-    return false;
-  }
+  return redis.ping();
 }
 
 describe('Redis pub/sub of the scaled topology', { skip, timeout: 120_000 }, () => {
@@ -71,13 +65,18 @@ describe('Redis pub/sub of the scaled topology', { skip, timeout: 120_000 }, () 
     eventually(async () => (await numsub(channel)) === n, { timeoutMs: 5000, what: `NUMSUB ${what} == ${n}` });
 
   before(async () => {
-    assert.ok(await ping(), `Redis is not answering on ${REDIS_HOST}:${REDIS_PORT}`);
-    cluster = await startCluster({ mode: 'scaled', env: TEST_ENV });
+    redis = await privateRedis();
+    assert.ok(await ping(), `the private Redis is not answering on port ${redis.port}`);
+    cluster = await startCluster({ mode: 'scaled', env: TEST_ENV, redisUrl: redis.url });
   });
 
   after(async () => {
     afterRestart?.clients.closeAll();
-    await cluster?.stop();
+    try {
+      await cluster?.stop();
+    } finally {
+      await redis?.destroy();
+    }
   });
 
   afterEach(() => {
@@ -175,13 +174,8 @@ describe('Redis pub/sub of the scaled topology', { skip, timeout: 120_000 }, () 
 
     let during;
     let d;
-    restartPending = true;
     try {
-      try {
-        await redisCli('shutdown', 'nosave');
-      } catch {
-        // redis-cli may report the closed connection as an error
-      }
+      await redis.stop('shutdown'); // SHUTDOWN NOSAVE
       await eventually(async () => !(await ping()), { timeoutMs: 10_000, what: 'Redis down' });
       // Writes still commit while Redis is down (Postgres is the source of truth).
       during = await rest(1, bob).post(group.id, 'while Redis is down');
@@ -192,7 +186,7 @@ describe('Redis pub/sub of the scaled topology', { skip, timeout: 120_000 }, () 
       d = await c.connect(0, org, dana, { ...opts, extra: { timeout: 10_000 } });
       await sleep(500);
     } finally {
-      await startRedis();
+      await redis.start();
     }
 
     // Clients that stayed connected receive new messages within a few seconds.
@@ -269,34 +263,4 @@ describe('Redis pub/sub of the scaled topology', { skip, timeout: 120_000 }, () 
     assert.deepEqual(cluster.crashed(), []);
     for (const p of cluster.procs) assert.deepEqual(p.grep(/panicked/), [], `${p.name} panicked`);
   });
-});
-
-/// Set while this file has shut Redis down and not yet started it again.
-let restartPending = false;
-
-async function startRedis() {
-  if (!(await ping())) {
-    await new Promise((resolve) => {
-      execFile(REDIS_START[0], REDIS_START[1], { timeout: 10_000 }, (error, stdout, stderr) => {
-        if (error) process.stderr.write(`starting Redis failed: ${error.message}\n${stdout}${stderr}\n`);
-        resolve();
-      });
-    });
-  }
-  await eventually(ping, { timeoutMs: 15_000, intervalMs: 100, what: 'Redis answers PONG' });
-  restartPending = false;
-}
-
-// Last resort: never leave the machine's Redis down, even if this process dies mid-test.
-process.on('exit', () => {
-  if (!restartPending) return;
-  try {
-    execFileSync('redis-cli', ['-h', REDIS_HOST, '-p', String(REDIS_PORT), 'ping'], { timeout: 2000 });
-  } catch {
-    try {
-      execFileSync(REDIS_START[0], REDIS_START[1], { timeout: 10_000 });
-    } catch (e) {
-      process.stderr.write(`could not start Redis again: ${e.message}\n`);
-    }
-  }
 });

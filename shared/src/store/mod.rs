@@ -25,6 +25,15 @@ pub struct Store {
     /// SQLite allows one writer: write transactions queue here instead of failing with
     /// "database is locked". `None` on Postgres, where row locks serialise per group only.
     write_gate: Option<Arc<Mutex<()>>>,
+    max_connections: u32,
+}
+
+/// The connection pool right now, for `/metrics`.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolStats {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
 }
 
 /// A write transaction, holding the SQLite write gate (if any) until it ends.
@@ -66,7 +75,28 @@ impl Store {
         Ok(Self {
             db,
             write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
+            max_connections,
         })
+    }
+
+    /// Open and idle connections of the pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        let (open, idle) = match self.backend() {
+            DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => (0, 0),
+        };
+        PoolStats {
+            open,
+            idle: u32::try_from(idle).unwrap_or(u32::MAX),
+            max: self.max_connections,
+        }
     }
 
     /// Applies pending migrations.
