@@ -1,8 +1,8 @@
 //! Message queries: the seq-allocating insert and the history reads.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, sea_query::Expr,
-    sea_query::ExprTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr, Statement, sea_query::Expr, sea_query::ExprTrait,
 };
 
 use super::{
@@ -63,6 +63,67 @@ impl Store {
             Ok(Some(outcome)) => Ok(outcome),
             Ok(None) => Err(DomainError::Internal("insert conflicted without a client id".into())),
             Err(e) => Err(e),
+        }
+    }
+
+    /// The one-round-trip post of a member (Postgres): one statement checks that `message.from`
+    /// is a member and that `replyTo` is a message of the group, takes the next seq and inserts,
+    /// atomically in autocommit (a failed insert rolls its seq back too). `Ok(None)`: it did not
+    /// apply (not a member, no such group, bad `replyTo`, or SQLite) and the caller takes the
+    /// checked path, which says which it was.
+    pub async fn insert_member_message(&self, message: &Message) -> Result<Option<InsertOutcome>, DomainError> {
+        if self.backend() != DbBackend::Postgres {
+            return Ok(None);
+        }
+        const SQL: &str = "WITH member AS (
+                SELECT 1 FROM group_members WHERE org_id = $1 AND group_id = $2 AND email = $3
+            ), bumped AS (
+                UPDATE groups SET last_seq = last_seq + 1
+                WHERE org_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM member)
+                  AND ($8::uuid IS NULL OR EXISTS (
+                      SELECT 1 FROM messages WHERE org_id = $1 AND id = $8 AND group_id = $2))
+                RETURNING last_seq
+            )
+            INSERT INTO messages (org_id, group_id, seq, id, sender, content, content_type, attachments,
+                                  reply_to, client_message_id, created_at)
+            SELECT $1, $2, last_seq, $4, $3, $5, $6, $7, $8, $9, $10 FROM bumped
+            RETURNING seq";
+        let attachments = serde_json::to_string(&message.attachments)
+            .map_err(|e| DomainError::Internal(format!("attachments: {e}")))?;
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            SQL,
+            [
+                message.org_id.as_str().into(),
+                message.group_id.0.into(),
+                message.from.as_str().into(),
+                message.id.0.into(),
+                message.content.as_str().into(),
+                message.content_type.as_str().into(),
+                attachments.into(),
+                message.reply_to.map(|r| r.0).into(),
+                message.client_message_id.clone().into(),
+                message.created_at.into(),
+            ],
+        );
+        match self.db.query_one_raw(statement).await {
+            Ok(Some(row)) => {
+                let seq: i64 = row.try_get("", "seq")?;
+                Ok(Some(InsertOutcome::Stored(Message { seq, ..message.clone() })))
+            }
+            Ok(None) => Ok(None),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                // The same clientMessageId is stored already (a retry, or a racing one).
+                let client_id = message.client_message_id.as_deref().unwrap_or_default();
+                match self
+                    .find_by_client_id(&message.org_id, message.group_id, &message.from, client_id)
+                    .await?
+                {
+                    Some(stored) => Ok(Some(InsertOutcome::Replayed(stored))),
+                    None => Err(DomainError::Internal("idempotent insert lost its row".into())),
+                }
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
