@@ -411,7 +411,10 @@ fn production_values_render_autoscaled_monitored_tiers_behind_one_tls_host() {
 fn readme_values() -> String {
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
     let start = "cat > my-values.yaml <<'YAML'\n";
-    let from = readme.find(start).expect("README's Deployment section writes my-values.yaml") + start.len();
+    let from = readme
+        .find(start)
+        .expect("README's Deployment section writes my-values.yaml")
+        + start.len();
     let len = readme[from..].find("\nYAML\n").expect("the heredoc ends with YAML");
     readme[from..from + len].to_owned()
 }
@@ -424,7 +427,10 @@ fn the_readme_deployment_example_renders_what_it_says() {
     std::fs::remove_file(&values).ok();
     let objects = rendered.unwrap_or_else(|e| panic!("README's values do not render:\n{e}"));
     let counts = kind_counts(&objects);
-    assert!(!counts.contains_key("Secret"), "the existing Secret is used: {counts:?}");
+    assert!(
+        !counts.contains_key("Secret"),
+        "the existing Secret is used: {counts:?}"
+    );
     assert_eq!(counts.get("ServiceMonitor"), Some(&2), "{counts:?}");
     assert_eq!(counts.get("Ingress"), Some(&2), "{counts:?}");
     check_references(&objects, &["community-chat-credentials"]);

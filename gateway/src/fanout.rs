@@ -162,8 +162,14 @@ pub(crate) async fn run(
         None => (false, broadcast::channel(1).1),
     };
     loop {
-        gateway.metrics.group_rooms.store(sequencers.len() as i64, Ordering::Relaxed);
-        gateway.metrics.bus_queue.store(deliveries.len() as i64, Ordering::Relaxed);
+        gateway
+            .metrics
+            .group_rooms
+            .store(sequencers.len() as i64, Ordering::Relaxed);
+        gateway
+            .metrics
+            .bus_queue
+            .store(deliveries.len() as i64, Ordering::Relaxed);
         tokio::select! {
             // Seeds are sent before the bus subscribes, so they are always taken before the
             // first delivery of their group.
