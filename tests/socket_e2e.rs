@@ -3,7 +3,8 @@
 //! processes on Postgres and Redis) and standalone (`serve`). See `tests/e2e/cluster.mjs`.
 //!
 //! Needs `node` and `npm` (v20+), Postgres on 127.0.0.1:5432 (`TEST_DATABASE_URL`) and Redis on
-//! 127.0.0.1:6379. The Redis test restarts that Redis. Skip with `SKIP_SOCKET_E2E=1`.
+//! 127.0.0.1:6379 (the Redis-restart and fault tests run private Postgres and Redis servers of their
+//! own). Skip with `SKIP_SOCKET_E2E=1`.
 //! `E2E_MODES=scaled` or `=standalone` runs one topology only; `E2E_KEEP_LOGS=1` keeps the
 //! server logs.
 

@@ -418,9 +418,9 @@ export async function startCluster({ mode = 'scaled', env = {}, postgresUrl, red
       restart: async (name, { timeoutMs = 60_000 } = {}) => {
         const old = proc(name);
         if (!old.exit) await old.kill();
-        const { host, port } = new URL(old.baseUrl);
+        const { hostname, port } = new URL(old.baseUrl);
         const { bin: b, args, env: e, logDir } = old.spec;
-        const fresh = new ServerProcess(name, b, args, { ...e, LISTEN_ADDR: `${host}:${port}` }, logDir);
+        const fresh = new ServerProcess(name, b, args, { ...e, LISTEN_ADDR: `${hostname}:${port}` }, logDir);
         procs[procs.indexOf(old)] = fresh;
         killed.push(old);
         const url = await withTimeout(fresh.url, timeoutMs, `${name} restarting: waiting for "listening on"`);

@@ -13,8 +13,9 @@
 // connections break at once). Every server still running and every temp folder is removed when
 // the test process exits, whatever the reason (E2E_KEEP_LOGS=1 keeps the folders).
 //
-// PostgreSQL binaries: PG_BIN (default /usr/lib/postgresql/15/bin). initdb and postgres refuse
-// to run as root: as root they run as the `postgres` OS user (runuser).
+// PostgreSQL binaries: PG_BIN, else the newest /usr/lib/postgresql/*/bin, else `pg_config
+// --bindir`. initdb and postgres refuse to run as root: as root they run as the `postgres` OS
+// user (runuser).
 
 import { execFile, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -23,7 +24,7 @@ import os from 'node:os';
 import path from 'node:path';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const PG_BIN = process.env.PG_BIN || '/usr/lib/postgresql/15/bin';
+const PG_BIN = process.env.PG_BIN || findPgBin();
 const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0;
 const PG_USER = 'postgres';
 
@@ -72,6 +73,23 @@ function installExitHook() {
       for (const dir of DIRS) fs.rmSync(dir, { recursive: true, force: true });
     }
   });
+}
+
+function findPgBin() {
+  const root = '/usr/lib/postgresql';
+  try {
+    const versions = fs.readdirSync(root)
+      .filter((v) => fs.existsSync(path.join(root, v, 'bin', 'initdb')))
+      .sort((a, b) => Number(b) - Number(a));
+    if (versions.length) return path.join(root, versions[0], 'bin');
+  } catch {
+    // not a Debian layout
+  }
+  try {
+    return execFileSync('pg_config', ['--bindir']).toString().trim();
+  } catch {
+    return '/usr/lib/postgresql/15/bin';
+  }
 }
 
 function alive(pid) {
@@ -178,8 +196,9 @@ export async function privatePostgres({ label = 'pg' } = {}) {
     const log = fs.openSync(logPath, 'a');
     const [cmd, args] = asPostgres(path.join(PG_BIN, 'postgres'), [
       '-D', dataDir, '-p', String(port), '-k', dir,
-      '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off',
-      '-c', 'full_page_writes=off', '-c', 'max_connections=200',
+      // fsync=off survives a crash of Postgres itself (the OS keeps the data), not of the
+      // machine; synchronous_commit stays on: an acknowledged commit must survive stop().
+      '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=200',
     ]);
     const proc = spawn(cmd, args, { stdio: ['ignore', log, log] });
     fs.closeSync(log);
