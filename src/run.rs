@@ -51,7 +51,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let bus = make_bus(&config).await?;
+    let bus = make_bus(&config, Tier::Both).await?;
     start_http(config, store, bus, auth, Tier::Both).await
 }
 
@@ -64,7 +64,7 @@ async fn api(config: Config) -> anyhow::Result<()> {
     }
     let store = connect_store(&config).await?;
     let auth = Authenticator::from_config(&config, false)?;
-    let bus = make_bus(&config).await?;
+    let bus = make_bus(&config, Tier::Api).await?;
     start_http(config, store, bus, auth, Tier::Api).await
 }
 
@@ -77,7 +77,7 @@ async fn gateway(config: Config) -> anyhow::Result<()> {
     }
     let store = connect_store(&config).await?;
     let auth = Authenticator::from_config(&config, false)?;
-    let bus = make_bus(&config).await?;
+    let bus = make_bus(&config, Tier::Gateway).await?;
     start_http(config, store, bus, auth, Tier::Gateway).await
 }
 
@@ -111,12 +111,19 @@ async fn connect_store(config: &Config) -> anyhow::Result<Store> {
 }
 
 /// Redis when `REDIS_URL` is set; otherwise the in-process bus (one process holds every socket).
-async fn make_bus(config: &Config) -> anyhow::Result<Arc<dyn Bus>> {
+/// Only processes with a gateway subscribe.
+async fn make_bus(config: &Config, tier: Tier) -> anyhow::Result<Arc<dyn Bus>> {
     match &config.redis_url {
         Some(url) => {
-            let bus = RedisBus::connect(url, &config.redis_channel_prefix, config.redis_sharded_pubsub)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let subscribe = tier != Tier::Api;
+            let bus = RedisBus::connect(
+                url,
+                &config.redis_channel_prefix,
+                config.redis_sharded_pubsub,
+                subscribe,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(Arc::new(bus))
         }
         None => Ok(Arc::new(InProcessBus::default())),

@@ -30,7 +30,8 @@ const DELIVERY_CAPACITY: usize = 65_536;
 
 pub struct RedisBus {
     publisher: Client,
-    subscriber: SubscriberClient,
+    /// `None` in a process that only publishes (the API tier).
+    subscriber: Option<SubscriberClient>,
     /// Channel name prefix (`REDIS_CHANNEL_PREFIX`).
     prefix: String,
     /// SPUBLISH/SSUBSCRIBE instead of PUBLISH/SUBSCRIBE.
@@ -38,39 +39,49 @@ pub struct RedisBus {
     /// Channels this process wants, re-subscribed after each reconnect.
     wanted: Arc<Mutex<HashSet<String>>>,
     deliveries: broadcast::Sender<Arc<Envelope>>,
-    /// Told after each reconnect once every wanted channel was subscribed again.
+    /// Told when deliveries may have been missed: after each reconnect, once every wanted
+    /// channel was subscribed again, and when the reader fell behind fred's channel.
     resubscribed: broadcast::Sender<()>,
 }
 
 impl RedisBus {
-    /// Connects both clients (retrying forever in the background if Redis is down at start).
-    pub async fn connect(url: &str, prefix: &str, sharded: Option<bool>) -> Result<Self, DomainError> {
+    /// Connects the publisher, and the subscriber when `subscribe` (gateways): retrying forever
+    /// in the background if Redis is down at start.
+    pub async fn connect(url: &str, prefix: &str, sharded: Option<bool>, subscribe: bool) -> Result<Self, DomainError> {
         let config = FredConfig::from_url(url).map_err(|e| DomainError::Unavailable(format!("REDIS_URL: {e}")))?;
         let sharded = sharded.unwrap_or_else(|| config.server.is_clustered());
         let mut builder = Builder::from_config(config);
         builder
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .with_performance_config(|p| {
-                p.broadcast_channel_capacity = DELIVERY_CAPACITY;
                 p.default_command_timeout = Duration::from_secs(2);
             })
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(2);
                 c.max_command_attempts = 1;
             });
+        // The publisher's own event channels are never read: fred's small default suffices.
         let publisher = builder.build().map_err(|e| DomainError::Unavailable(e.to_string()))?;
-        let subscriber = builder
-            .build_subscriber_client()
-            .map_err(|e| DomainError::Unavailable(e.to_string()))?;
         publisher
             .init()
             .await
             .map_err(|e| DomainError::Unavailable(format!("REDIS_URL: cannot connect: {e}")))?;
-        subscriber
-            .init()
-            .await
-            .map_err(|e| DomainError::Unavailable(format!("REDIS_URL: cannot connect: {e}")))?;
-        let (deliveries, _) = broadcast::channel(DELIVERY_CAPACITY);
+        let subscriber = if subscribe {
+            // fred preallocates every slot of its channels: this capacity is a fixed cost of
+            // about 10 MB, and what absorbs a burst while the fan-out is busy.
+            builder.with_performance_config(|p| p.broadcast_channel_capacity = DELIVERY_CAPACITY);
+            let subscriber = builder
+                .build_subscriber_client()
+                .map_err(|e| DomainError::Unavailable(e.to_string()))?;
+            subscriber
+                .init()
+                .await
+                .map_err(|e| DomainError::Unavailable(format!("REDIS_URL: cannot connect: {e}")))?;
+            Some(subscriber)
+        } else {
+            None
+        };
+        let (deliveries, _) = broadcast::channel(if subscribe { DELIVERY_CAPACITY } else { 1 });
         let (resubscribed, _) = broadcast::channel(16);
         let bus = Self {
             publisher,
@@ -81,15 +92,18 @@ impl RedisBus {
             deliveries,
             resubscribed,
         };
-        bus.forward_messages();
-        bus.resubscribe_on_reconnect();
+        if let Some(subscriber) = &bus.subscriber {
+            bus.forward_messages(subscriber);
+            bus.resubscribe_on_reconnect(subscriber);
+        }
         Ok(bus)
     }
 
     /// Redis messages -> envelopes on the delivery channel.
-    fn forward_messages(&self) {
-        let mut messages = self.subscriber.message_rx();
+    fn forward_messages(&self, subscriber: &SubscriberClient) {
+        let mut messages = subscriber.message_rx();
         let deliveries = self.deliveries.clone();
+        let missed = self.resubscribed.clone();
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
@@ -108,6 +122,10 @@ impl RedisBus {
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "Redis messages dropped: the bus reader fell behind");
+                        // The fan-out fetches what it missed from the store.
+                        if missed.send(()).is_err() {
+                            tracing::trace!("no fan-out listening");
+                        }
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -115,9 +133,9 @@ impl RedisBus {
         });
     }
 
-    fn resubscribe_on_reconnect(&self) {
-        let mut reconnects = self.subscriber.reconnect_rx();
-        let subscriber = self.subscriber.clone();
+    fn resubscribe_on_reconnect(&self, subscriber: &SubscriberClient) {
+        let mut reconnects = subscriber.reconnect_rx();
+        let subscriber = subscriber.clone();
         let wanted = self.wanted.clone();
         let sharded = self.sharded;
         let resubscribed = self.resubscribed.clone();
@@ -154,7 +172,17 @@ impl RedisBus {
     }
 
     fn down(&self) -> Option<DomainError> {
-        (!self.subscriber.is_connected()).then(|| DomainError::Unavailable("Redis is not connected".into()))
+        let connected = match &self.subscriber {
+            Some(subscriber) => subscriber.is_connected(),
+            None => self.publisher.is_connected(),
+        };
+        (!connected).then(|| DomainError::Unavailable("Redis is not connected".into()))
+    }
+
+    fn subscriber(&self) -> Result<&SubscriberClient, DomainError> {
+        self.subscriber
+            .as_ref()
+            .ok_or_else(|| DomainError::Internal("this process publishes only; it cannot subscribe".into()))
     }
 }
 
@@ -177,6 +205,7 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, topics: &[Topic]) -> Result<(), DomainError> {
+        let subscriber = self.subscriber()?;
         let names = self.names(topics);
         if let Ok(mut wanted) = self.wanted.lock() {
             wanted.extend(names.iter().cloned());
@@ -185,14 +214,15 @@ impl Bus for RedisBus {
             return Err(e);
         }
         let result = if self.sharded {
-            self.subscriber.ssubscribe(names).await
+            subscriber.ssubscribe(names).await
         } else {
-            self.subscriber.subscribe(names).await
+            subscriber.subscribe(names).await
         };
         result.map_err(|e| DomainError::Unavailable(format!("Redis subscribe: {e}")))
     }
 
     async fn unsubscribe(&self, topics: &[Topic]) -> Result<(), DomainError> {
+        let subscriber = self.subscriber()?;
         let names = self.names(topics);
         if let Ok(mut wanted) = self.wanted.lock() {
             for name in &names {
@@ -204,9 +234,9 @@ impl Bus for RedisBus {
             return Err(e);
         }
         let result = if self.sharded {
-            self.subscriber.sunsubscribe(names).await
+            subscriber.sunsubscribe(names).await
         } else {
-            self.subscriber.unsubscribe(names).await
+            subscriber.unsubscribe(names).await
         };
         result.map_err(|e| DomainError::Unavailable(format!("Redis unsubscribe: {e}")))
     }
