@@ -17,7 +17,8 @@
 // postgres://postgres@127.0.0.1:5432/test). Redis: the `redisUrl` (or `redisPort`) option, else
 // redis://127.0.0.1:6379. Tests that break Postgres or Redis pass private ones (services.mjs).
 // Fault injection: cluster.kill(name) (SIGKILL) and cluster.restart(name) (same port), with
-// name one of api1, api2, gateway1, gateway2.
+// name one of api1, api2, gateway1, gateway2; cluster.terminate(name) sends SIGTERM (graceful
+// shutdown) and returns the process (its `exited` promise resolves with { code, signal }).
 // Logs: each process's stdout+stderr go to a file under a temp folder, removed by stop() unless
 // E2E_KEEP_LOGS=1; ERROR / WARN / panic lines are echoed to stderr as they happen
 // (E2E_ECHO_LOGS=all echoes every line, =none nothing).
@@ -44,7 +45,7 @@ const CONFIG_VARS = [
   'OTEL_EXPORTER_OTLP_ENDPOINT', 'SOCKET_MAX_QUEUED_PACKETS', 'SOCKET_SENDS_PER_SECOND',
   'SOCKET_MAX_PAYLOAD_BYTES', 'SOCKET_READ_BUFFER_BYTES', 'TYPING_THROTTLE_MS', 'SOCKET_PING_INTERVAL_MS',
   'SOCKET_PING_TIMEOUT_MS', 'GAP_FILL_DELAY_MS', 'MAX_CONTENT_CHARS', 'MAX_ATTACHMENTS', 'MAX_NAME_CHARS',
-  'MAX_DESCRIPTION_CHARS', 'MAX_BODY_BYTES', 'MAX_INITIAL_MEMBERS', 'CONTENT_TYPES',
+  'MAX_DESCRIPTION_CHARS', 'MAX_BODY_BYTES', 'MAX_INITIAL_MEMBERS', 'CONTENT_TYPES', 'SHUTDOWN_DRAIN_SECONDS',
 ];
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -247,6 +248,13 @@ class ServerProcess {
     return this.exit;
   }
 
+  /// SIGTERM without waiting (graceful-shutdown tests): an exit after this is expected.
+  terminate() {
+    this.stopping = true;
+    this.child.kill('SIGTERM');
+    return this;
+  }
+
   async stop(graceMs = 5000) {
     if (this.exit) return this.exit;
     this.stopping = true;
@@ -414,6 +422,9 @@ export async function startCluster({ mode = 'scaled', env = {}, postgresUrl, red
       proc,
       /// kill -9 of one process (fault injection); restart(name) brings it back.
       kill: async (name) => proc(name).kill(),
+      /// SIGTERM of one process (graceful shutdown); returns the process, whose `exited`
+      /// promise resolves with { code, signal }. restart(name) brings it back.
+      terminate: (name) => proc(name).terminate(),
       /// Starts a process again on the port it had (after kill or stop), and waits until ready.
       restart: async (name, { timeoutMs = 60_000 } = {}) => {
         const old = proc(name);

@@ -25,10 +25,9 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, afterEach, before, describe, test } from 'node:test';
-import { io } from 'socket.io-client';
-
 import { externalTopology, startCluster } from './cluster.mjs';
-import { Clients, NS, Rest, SETTLE_MS, eventually, sleep, uid } from './helpers.mjs';
+import { Clients, Rest, SETTLE_MS, eventually, sleep, uid } from './helpers.mjs';
+import { Member, catchUp, checkDelivery, countBy, fmtCounts, fullHistory, prng, restSend, short } from './recipe.mjs';
 import { privatePostgres, privateRedis } from './services.mjs';
 
 process.env.E2E_ECHO_LOGS ??= 'none';
@@ -52,326 +51,13 @@ const PHASE_MS = num('FAULT_PHASE_MS', 8000);
 const PG_DOWN_MS = num('FAULT_PG_DOWN_MS', 3000);
 /// Hard cap on messages sent by test 1.
 const MAX_MESSAGES = 600;
-/// A send is retried (same clientMessageId) until acknowledged, at most this long / this often.
+/// A send is retried (same clientMessageId) until acknowledged, at most this long (and at most
+/// SEND_MAX_ATTEMPTS times, recipe.mjs).
 const SEND_DEADLINE_MS = 60_000;
-const SEND_MAX_ATTEMPTS = 80;
-/// Socket ack wait per attempt.
-const ACK_TIMEOUT_MS = 5000;
 /// Processes run with the server defaults, except a per-socket send rate that the socket
 /// senders (a few per second per user) cannot reach.
 const FAULT_ENV = { SOCKET_SENDS_PER_SECOND: '50' };
 
-/// mulberry32: a small seeded PRNG, so a failing run can be replayed with FAULT_SEED.
-function prng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const short = (id) => String(id).slice(-6);
-const backoff = (attempt) => Math.min(1000, 100 * attempt);
-
-/**
- * One user's app: one socket.io connection at a time, following the README's recipe. It tracks
- * the last seq per group, sends them in the handshake `auth.sync`, syncs a group when a seq
- * jumps, and on a disconnect or a refused connect opens a new connection to the OTHER gateway
- * after a short backoff (what a load balancer does when a gateway dies).
- *
- * It checks each socket's raw stream too (README: "each socket receives a group's
- * newGroupMessage events in seq order, never the same seq twice"): a seq at or below the
- * highest one that socket already got is a violation, unless a sync of that group is
- * outstanding on the socket (a sync asks the server to send everything after `afterSeq` again).
- */
-class Member {
-  constructor({ cluster, org, email, groups, rand }) {
-    this.cluster = cluster;
-    this.org = org;
-    this.email = email;
-    this.groups = groups;
-    this.rand = rand;
-    this.token = cluster.token(org, email, { ttlSeconds: 3600 });
-    this.label = email.split('@')[0];
-    /// The recipe's state: last seq accepted per group (sync from 0: every message counts).
-    this.last = new Map(groups.map((g) => [g, 0]));
-    /// Messages accepted per group, in order: { id, seq, caughtUp }.
-    this.accepted = new Map(groups.map((g) => [g, []]));
-    this.stats = {
-      raw: 0, ignored: 0, resent: 0, gaps: 0, socketGaps: 0, syncs: 0, syncFailures: 0,
-      connects: 0, connectErrors: 0, disconnects: 0, moves: 0,
-    };
-    this.violations = [];
-    this.trail = []; // connection history, for failure messages
-    this.sock = null;
-    this.failures = 0;
-    this.timer = null;
-    this.closed = false;
-    this.sockets = 0;
-  }
-
-  /// Opens a connection to gateway `gw` (0 or 1), with the handshake sync of every group.
-  connect(gw) {
-    if (this.closed) return;
-    const st = {
-      n: ++this.sockets, gw, socket: null, retired: false, handshake: true,
-      syncing: new Map(), maxSeq: new Map(), seen: new Map(), gapDuringSync: new Set(),
-    };
-    this.sock = st;
-    const socket = io(this.cluster.gatewayUrls[gw] + NS, {
-      transports: ['websocket'],
-      forceNew: true,
-      reconnection: false, // this class picks the next gateway itself
-      timeout: 5000,
-      auth: (cb) => {
-        const sync = this.groups.map((g) => ({ groupId: g, afterSeq: this.last.get(g) }));
-        for (const { groupId, afterSeq } of sync) {
-          st.syncing.set(groupId, 1);
-          st.maxSeq.set(groupId, afterSeq);
-          st.seen.set(groupId, new Set());
-        }
-        cb({ token: this.token, orgId: this.org, sync });
-      },
-    });
-    st.socket = socket;
-    socket.on('connect', () => {
-      if (st !== this.sock) return;
-      this.stats.connects += 1;
-      this.failures = 0;
-      this.trail.push(`#${st.n} gw${gw + 1} up`);
-    });
-    socket.on('connect_error', (err) => {
-      this.stats.connectErrors += 1;
-      this.retry(st, `#${st.n} gw${gw + 1} connect_error: ${err.message}`);
-    });
-    socket.on('disconnect', (reason) => {
-      if (st.retired) return;
-      this.stats.disconnects += 1;
-      this.retry(st, `#${st.n} gw${gw + 1} disconnect: ${reason}`);
-    });
-    socket.on('newGroupMessage', (m) => this.onMessage(st, m));
-    socket.on('groupsSynced', (p) => {
-      if (st !== this.sock) return;
-      st.handshake = false;
-      for (const g of this.groups) st.syncing.set(g, (st.syncing.get(g) ?? 1) - 1);
-      this.onSynced(st, p?.groups ?? []);
-    });
-  }
-
-  retire(st) {
-    st.retired = true;
-    st.socket.removeAllListeners();
-    st.socket.disconnect();
-  }
-
-  /// The connection broke or was refused: the other gateway, after a short backoff.
-  retry(st, why) {
-    if (st !== this.sock || st.retired || this.closed) return;
-    this.retire(st);
-    this.trail.push(why);
-    this.failures += 1;
-    const delay = Math.min(2000, 150 * this.failures) + Math.floor(this.rand() * 100);
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.connect(1 - st.gw);
-    }, delay);
-  }
-
-  /// Moves to gateway `gw` on purpose (a load balancer rebalancing).
-  moveTo(gw) {
-    const st = this.sock;
-    if (this.closed || this.timer || !st || st.gw === gw) return;
-    this.retire(st);
-    this.trail.push(`#${st.n} moved to gw${gw + 1}`);
-    this.stats.moves += 1;
-    this.connect(gw);
-  }
-
-  get connected() {
-    return Boolean(this.sock && !this.sock.retired && this.sock.socket.connected);
-  }
-
-  get gateway() {
-    return this.sock?.gw;
-  }
-
-  onMessage(st, m) {
-    if (st !== this.sock || st.retired) return;
-    this.stats.raw += 1;
-    const g = m?.groupId;
-    if (!this.last.has(g)) {
-      this.violations.push(`${this.label} #${st.n}: a message of group ${g}, not one of its groups`);
-      return;
-    }
-    // The socket's own stream.
-    const syncing = (st.syncing.get(g) ?? 0) > 0;
-    const max = st.maxSeq.get(g);
-    const seen = st.seen.get(g);
-    if (m.seq <= max) {
-      if (syncing) {
-        this.stats.resent += 1;
-      } else {
-        this.violations.push(
-          `${this.label} socket #${st.n} on gateway ${st.gw + 1}, group ${short(g)}: seq ${m.seq} after ${max} with no sync outstanding (${seen.has(m.seq) ? 'the same seq twice' : 'out of order'})`,
-        );
-      }
-    } else if (m.seq > max + 1) {
-      this.stats.socketGaps += 1;
-    }
-    seen.add(m.seq);
-    if (m.seq > max) st.maxSeq.set(g, m.seq);
-    // The recipe.
-    const last = this.last.get(g);
-    if (m.seq <= last) {
-      this.stats.ignored += 1;
-      return;
-    }
-    if (m.seq > last + 1) {
-      this.stats.gaps += 1;
-      if (syncing) st.gapDuringSync.add(g);
-      else this.sync(st, [g]);
-      return;
-    }
-    this.last.set(g, m.seq);
-    this.accepted.get(g).push({ id: m.id, seq: m.seq, caughtUp: syncing });
-  }
-
-  /// `syncGroups` for `groups` from their last seq; resolves with the ack (null if none).
-  sync(st, groups) {
-    if (st !== this.sock || st.retired || !st.socket.connected || groups.length === 0) return Promise.resolve(null);
-    for (const g of groups) st.syncing.set(g, (st.syncing.get(g) ?? 0) + 1);
-    this.stats.syncs += 1;
-    const payload = { groups: groups.map((g) => ({ groupId: g, afterSeq: this.last.get(g) })) };
-    return new Promise((resolve) => {
-      st.socket.timeout(15_000).emit('syncGroups', payload, (err, ack) => {
-        for (const g of groups) st.syncing.set(g, st.syncing.get(g) - 1);
-        if (st !== this.sock || st.retired) return resolve(null);
-        if (err || !ack?.ok) {
-          this.stats.syncFailures += 1;
-          this.trail.push(`#${st.n} sync failed: ${err ? err.message : JSON.stringify(ack?.error)}`);
-          this.syncLater(st, groups);
-          return resolve(null);
-        }
-        this.onSynced(st, ack.data?.groups ?? []);
-        resolve(ack);
-      });
-    });
-  }
-
-  /// After a sync: groups whose catch-up failed or was cut short, or that showed a gap while
-  /// it ran, are synced again.
-  onSynced(st, summaries) {
-    const again = new Set();
-    for (const s of summaries) {
-      if (s.error || s.hasMore) again.add(s.groupId);
-      if (s.error) this.stats.syncFailures += 1;
-    }
-    for (const g of st.gapDuringSync) {
-      if ((st.syncing.get(g) ?? 0) === 0) {
-        st.gapDuringSync.delete(g);
-        again.add(g);
-      }
-    }
-    if (again.size) this.syncLater(st, [...again]);
-  }
-
-  syncLater(st, groups) {
-    setTimeout(() => this.sync(st, groups.filter((g) => (st.syncing.get(g) ?? 0) === 0)), 300 + Math.floor(this.rand() * 200));
-  }
-
-  /// The last step of the recipe at the end: connected, handshake sync done, one syncGroups of
-  /// every group.
-  async finalSync() {
-    await eventually(() => this.connected && !this.sock.handshake, { timeoutMs: 30_000, what: `${this.label} connected and synced (${this.trail.slice(-4).join('; ')})` });
-    return this.sync(this.sock, this.groups);
-  }
-
-  /// sendGroupMessage with an ack, retried with the same clientMessageId until acknowledged.
-  async sendSocket(rec, deadline) {
-    while (Date.now() < deadline && rec.attempts < SEND_MAX_ATTEMPTS) {
-      const st = this.sock;
-      if (!st || st.retired || !st.socket.connected) {
-        await sleep(100);
-        continue;
-      }
-      rec.attempts += 1;
-      try {
-        const ack = await st.socket.timeout(ACK_TIMEOUT_MS).emitWithAck('sendGroupMessage', {
-          groupId: rec.groupId, content: rec.content, clientMessageId: rec.cmid,
-        });
-        if (ack?.ok) return { data: ack.data, replayed: ack.replayed === true, via: `gateway${st.gw + 1}` };
-        rec.errors.push(`socket:${ack?.error?.statusCode ?? JSON.stringify(ack)}`);
-        if (ack?.error?.statusCode && ack.error.statusCode < 500 && ack.error.statusCode !== 429) {
-          rec.fatal = `socket ack ${JSON.stringify(ack)}`;
-          return null;
-        }
-      } catch {
-        rec.errors.push('socket:timeout');
-      }
-      await sleep(backoff(rec.attempts));
-    }
-    return null;
-  }
-
-  close() {
-    this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
-    if (this.sock && !this.sock.retired) this.retire(this.sock);
-  }
-}
-
-/// POST a message over REST, retried with the same clientMessageId (on the other API pod each
-/// time, as a load balancer would) until acknowledged.
-async function restSend(cluster, token, org, rec, firstApi, deadline) {
-  for (let k = 0; Date.now() < deadline && rec.attempts < SEND_MAX_ATTEMPTS; k++) {
-    const api = (firstApi + k) % cluster.apiUrls.length;
-    rec.attempts += 1;
-    try {
-      const res = await fetch(`${cluster.apiUrls[api]}/client/community/groups/${rec.groupId}/messages`, {
-        method: 'POST',
-        headers: { orgid: org, authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ content: rec.content, clientMessageId: rec.cmid }),
-        signal: AbortSignal.timeout(ACK_TIMEOUT_MS),
-      });
-      const text = await res.text();
-      if (res.status === 201 || res.status === 200) {
-        return { data: JSON.parse(text), replayed: res.status === 200, via: `api${api + 1}` };
-      }
-      rec.errors.push(`rest:${res.status}`);
-      if (res.status < 500 && res.status !== 429) {
-        rec.fatal = `REST ${res.status} ${text}`;
-        return null;
-      }
-    } catch (e) {
-      rec.errors.push(`rest:${e.name === 'TimeoutError' ? 'timeout' : (e.cause?.code ?? e.name)}`);
-    }
-    await sleep(backoff(k + 1));
-  }
-  return null;
-}
-
-/// A group's whole history over REST, oldest first (`afterSeq=0`, then `after` paging).
-async function fullHistory(rest, groupId) {
-  const all = [];
-  let query = '?afterSeq=0&limit=200';
-  for (let page = 0; page < 100; page++) {
-    const { data, hasMore } = await rest.history(groupId, query);
-    all.push(...data);
-    if (!hasMore || data.length === 0) return all;
-    query = `?after=${data[data.length - 1].id}&limit=200`;
-  }
-  throw new Error(`history of ${groupId}: more than 100 pages`);
-}
-
-const countBy = (items) => {
-  const out = new Map();
-  for (const it of items) out.set(it, (out.get(it) ?? 0) + 1);
-  return out;
-};
-const fmtCounts = (m) => [...m].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}:${v}`).join(',') || 'none';
 
 describe('faults in the scaled topology (private Postgres and Redis)', { skip, timeout: 300_000 }, () => {
   let pg;
@@ -626,14 +312,8 @@ describe('faults in the scaled topology (private Postgres and Redis)', { skip, t
 
     // The members catch up: a final syncGroups of all their groups, until each has the last
     // seq of each group (bounded).
-    const lagging = (m) => m.groups.some((g) => m.last.get(g) < truth.get(g).length);
-    let everyone = true;
-    await eventually(async () => {
-      const who = everyone ? members : members.filter(lagging);
-      everyone = false;
-      await Promise.all(who.map((m) => m.finalSync()));
-      return !members.some(lagging);
-    }, { timeoutMs: 45_000, intervalMs: 500, what: 'every member at the last seq of each of its groups' }).catch((e) => problems.push(e.message));
+    const stuck = await catchUp(members, truth, { timeoutMs: 45_000 });
+    if (stuck) problems.push(stuck);
     await sleep(SETTLE_MS); // anything late (a duplicate) arrives now
 
     const rows = await pg.psql(
@@ -683,41 +363,14 @@ describe('faults in the scaled topology (private Postgres and Redis)', { skip, t
     const replayedAcks = ackedRecs.filter((r) => r.ack.replayed);
 
     // Delivered exactly once, in seq order, to every member of the group.
-    let live = 0;
-    let caughtUp = 0;
-    let lostDelivery = 0;
-    let dupDelivery = 0;
-    for (const m of members) {
-      for (const g of m.groups) {
-        const want = truth.get(g);
-        const got = m.accepted.get(g);
-        live += got.filter((x) => !x.caughtUp).length;
-        caughtUp += got.filter((x) => x.caughtUp).length;
-        const gotIds = countBy(got.map((x) => x.id));
-        const wantIds = new Set(want.map((x) => x.id));
-        const missing = want.filter((x) => !gotIds.has(x.id));
-        const twice = [...gotIds].filter(([, n]) => n > 1);
-        const foreign = got.filter((x) => !wantIds.has(x.id));
-        lostDelivery += missing.length;
-        dupDelivery += twice.reduce((a, [, n]) => a + n - 1, 0);
-        if (missing.length) problems.push(`${m.label}, group ${short(g)}: ${missing.length} of ${want.length} messages never delivered (seqs ${missing.map((x) => x.seq).slice(0, 20).join(',')}); last seq ${m.last.get(g)}; connections: ${m.trail.slice(-8).join('; ')}`);
-        if (twice.length) problems.push(`${m.label}, group ${short(g)}: delivered twice: ${twice.slice(0, 10).map(([id, n]) => `${id} x${n}`).join(', ')}`);
-        if (foreign.length) problems.push(`${m.label}, group ${short(g)}: ${foreign.length} delivered messages are not in the stored history`);
-        const order = got.map((x) => x.seq);
-        if (order.some((s, i) => i > 0 && s <= order[i - 1])) problems.push(`${m.label}, group ${short(g)}: not in seq order: ${order.join(',')}`);
-        const byIdOk = got.every((x) => want[x.seq - 1]?.id === x.id);
-        if (!byIdOk) problems.push(`${m.label}, group ${short(g)}: a delivered message's seq does not match the stored one`);
-      }
-    }
-    const socketViolations = members.flatMap((m) => m.violations);
-    dupDelivery += socketViolations.filter((v) => v.includes('twice')).length;
-    for (const v of socketViolations.slice(0, 20)) problems.push(v);
-    if (socketViolations.length > 20) problems.push(`... and ${socketViolations.length - 20} more socket stream violations`);
+    const delivery = checkDelivery(members, truth);
+    problems.push(...delivery.problems);
+    const { live, caughtUp, violations: socketViolations } = delivery;
 
     const sum = (k) => members.reduce((a, m) => a + m.stats[k], 0);
     const errors = countBy(records.flatMap((r) => r.errors));
-    const lost = lostStored + lostDelivery;
-    const duplicates = dupStored + dupDelivery;
+    const lost = lostStored + delivery.lost;
+    const duplicates = dupStored + delivery.duplicates;
     const line = `fault test: acked=${ackedRecs.length} stored=${stored.size} delivered_live=${live} caught_up=${caughtUp} lost=${lost} duplicates=${duplicates} faults=${faults.join(',')}`;
     const detail = `fault test details: seed=${SEED} sent=${records.length} unacked=${unacked.length} replayed_acks=${replayedAcks.length} `
       + `retried_sends=${records.filter((r) => r.attempts > 1).length} send_errors=${fmtCounts(errors)} `
