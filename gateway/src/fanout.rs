@@ -102,6 +102,15 @@ impl Seeds {
         }
     }
 
+    /// Re-reads the tails of these groups, whose subscription came late (a retried subscribe):
+    /// the fan-out fetches what was committed meanwhile.
+    pub(crate) async fn refresh(&self, topics: &[Topic]) {
+        let tails = read_tails(&self.store, group_keys(topics)).await;
+        if !tails.is_empty() && self.control.send(Control::Tails(tails)).is_err() {
+            tracing::debug!("fan-out has ended; tails dropped");
+        }
+    }
+
     pub(crate) fn forget(&self, topics: &[Topic]) {
         let keys: Vec<GroupKey> = group_keys(topics).collect();
         if !keys.is_empty() && self.control.send(Control::Forget(keys)).is_err() {

@@ -88,11 +88,15 @@ async fn run(bus: Arc<dyn Bus>, seeds: Seeds, mut requests: mpsc::Receiver<Reque
             },
             _ = retry_tick.tick(), if !retry.is_empty() => {
                 let again: Vec<Topic> = retry.drain().filter(|t| counts.contains_key(t)).collect();
-                if !again.is_empty()
-                    && let Err(e) = bus.subscribe(&again).await
-                {
-                    tracing::debug!(error = %e, topics = again.len(), "subscribe retry failed");
-                    retry.extend(again);
+                if !again.is_empty() {
+                    match bus.subscribe(&again).await {
+                        // What was committed while the subscription was missing is fetched.
+                        Ok(()) => seeds.refresh(&again).await,
+                        Err(e) => {
+                            tracing::debug!(error = %e, topics = again.len(), "subscribe retry failed");
+                            retry.extend(again);
+                        }
+                    }
                 }
                 continue;
             }
