@@ -20,6 +20,9 @@ pub struct Session {
     /// Group rooms this socket is in. A std mutex: held only for set operations, never across
     /// an await.
     groups: Mutex<HashSet<GroupId>>,
+    /// Set by the disconnect (under the `groups` lock): no room is added after it, so nothing
+    /// is acquired that the disconnect will not release.
+    closed: std::sync::atomic::AtomicBool,
     /// Token bucket of `sendGroupMessage`.
     sends: Mutex<TokenBucket>,
     /// Last relayed typing state and time per group.
@@ -50,6 +53,7 @@ impl Session {
         Self {
             caller,
             groups: Mutex::new(HashSet::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             sends: Mutex::new(TokenBucket::new(sends_per_second)),
             typing: Mutex::new(HashMap::new()),
             cursors: Mutex::new(HashMap::new()),
@@ -121,6 +125,9 @@ impl Session {
     /// Records the rooms joined; returns the ones that are new for this socket.
     pub fn add_groups(&self, ids: impl IntoIterator<Item = GroupId>) -> Vec<GroupId> {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Vec::new();
+        }
         ids.into_iter().filter(|id| groups.insert(*id)).collect()
     }
 
@@ -136,7 +143,11 @@ impl Session {
     /// Empties the room set (disconnect) and returns the topics to release: the groups and
     /// the user's own topic.
     pub fn take_all_topics(&self) -> Vec<Topic> {
-        let groups = std::mem::take(&mut *self.groups.lock().unwrap_or_else(|p| p.into_inner()));
+        let groups = {
+            let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+            std::mem::take(&mut *groups)
+        };
         let mut topics: Vec<Topic> = groups.into_iter().map(|g| Topic::group(self.org(), g)).collect();
         topics.push(Topic::user(self.org(), &self.caller.email));
         topics
@@ -228,6 +239,18 @@ mod cursor_tests {
 
     fn raw(seq: i64) -> Arc<RawValue> {
         Arc::from(serde_json::value::to_raw_value(&seq).unwrap())
+    }
+
+    #[test]
+    fn no_room_is_added_after_the_disconnect_took_them() {
+        let s = session();
+        let (a, b) = (GroupId::new_v7(), GroupId::new_v7());
+        assert_eq!(s.add_groups([a]), vec![a]);
+        let released = s.take_all_topics();
+        assert_eq!(released.len(), 2, "the group and the user topic");
+        // An addedToGroup that raced the disconnect acquires nothing the disconnect missed.
+        assert!(s.add_groups([b]).is_empty());
+        assert!(!s.in_group(b));
     }
 
     #[test]
