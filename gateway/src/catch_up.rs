@@ -90,8 +90,11 @@ async fn send_missed(
     let (mut cursor, mut delivered) = (after, 0usize);
     loop {
         let page = gateway
-            .service
-            .history(&session.caller, group, HistoryCursor::AfterSeq(cursor), Some(PAGE))
+            .admitted(
+                gateway
+                    .service
+                    .history(&session.caller, group, HistoryCursor::AfterSeq(cursor), Some(PAGE)),
+            )
             .await?;
         for message in &page.data {
             cursor = message.seq;

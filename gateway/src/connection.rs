@@ -55,7 +55,7 @@ pub async fn handshake(
         None | Some(Value::Null) => Vec::new(),
         Some(value) => catch_up::parse_groups(value).map_err(|e| Refused(format!("invalid sync: {e}")))?,
     };
-    let groups = gateway.service.my_group_ids(&caller).await?;
+    let groups = gateway.admitted(gateway.service.my_group_ids(&caller)).await?;
 
     let session = Arc::new(Session::new(caller, gateway.limits.socket_sends_per_second));
     session.add_groups(groups.iter().copied());

@@ -57,6 +57,8 @@ pub struct GatewayMetrics {
     pub held_messages: AtomicI64,
     /// Bus events received but not yet fanned out.
     pub bus_queue: AtomicI64,
+    /// Handshakes and catch-ups waiting for their turn at the database.
+    pub admission_waiting: AtomicI64,
 }
 
 /// What the socket handlers reach through socketioxide's state.
@@ -67,9 +69,42 @@ pub struct Gateway {
     pub limits: GatewayLimits,
     pub metrics: Arc<GatewayMetrics>,
     io: std::sync::OnceLock<SocketIo>,
+    /// Database reads of handshakes and catch-ups run at most this many at a time; the rest
+    /// wait in line (up to [`ADMISSION_WAIT`]) instead of timing out on the pool, so a
+    /// reconnect storm drains at the database's pace rather than failing and retrying.
+    admission: tokio::sync::Semaphore,
 }
 
+/// Longest a handshake or catch-up waits for its turn at the database (below socket.io
+/// clients' default 20 s connect timeout).
+const ADMISSION_WAIT: Duration = Duration::from_secs(15);
+
 impl Gateway {
+    /// Runs `work` (handshake or catch-up reads) when its turn at the database comes.
+    pub(crate) async fn admitted<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, community_chat_shared::error::DomainError>>,
+    ) -> Result<T, community_chat_shared::error::DomainError> {
+        use community_chat_shared::error::DomainError;
+        /// Counts a waiter until it is admitted or gives up (also when its future is dropped).
+        struct Waiting<'a>(&'a AtomicI64);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.metrics.admission_waiting.fetch_add(1, Ordering::Relaxed);
+        let waiting = Waiting(&self.metrics.admission_waiting);
+        let permit = tokio::time::timeout(ADMISSION_WAIT, self.admission.acquire()).await;
+        drop(waiting);
+        let _permit = permit
+            .map_err(|_| {
+                DomainError::Unavailable("gateway busy: too many connections waiting for the database".into())
+            })?
+            .map_err(|_| DomainError::Unavailable("gateway is closing".into()))?;
+        work.await
+    }
+
     /// The local sockets in a room of the namespace.
     fn namespace_sockets(&self, room: &str) -> Vec<socketioxide::extract::SocketRef> {
         match self.io.get().and_then(|io| io.of(NAMESPACE)) {
@@ -102,6 +137,7 @@ pub fn build(
 ) -> (SocketIoLayer, GatewayHandle) {
     let bus = service.bus().clone();
     let (seeds, control) = fanout::Seeds::new(service.store().clone());
+    let store_connections = service.store().pool_stats().max;
     let gateway = Arc::new(Gateway {
         subscriptions: Subscriptions::start(bus.clone(), seeds),
         service,
@@ -109,6 +145,8 @@ pub fn build(
         limits: limits.clone(),
         metrics: Arc::new(GatewayMetrics::default()),
         io: std::sync::OnceLock::new(),
+        // Half the pool: sends, joins and seeds keep the other half.
+        admission: tokio::sync::Semaphore::new((store_connections / 2).max(1) as usize),
     });
     let (layer, io) = SocketIo::builder()
         .with_state(gateway.clone())
@@ -184,7 +222,7 @@ fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         }
-        let gauges: [(&str, &str, i64); 6] = [
+        let gauges: [(&str, &str, i64); 7] = [
             (
                 "gateway_sockets_connected",
                 "Sockets connected to this gateway.",
@@ -209,6 +247,11 @@ fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
                 "gateway_bus_queue_depth",
                 "Bus events waiting for the fan-out.",
                 m.bus_queue.load(Ordering::Relaxed),
+            ),
+            (
+                "gateway_admission_queue_depth",
+                "Handshakes and catch-ups waiting for their turn at the database.",
+                m.admission_waiting.load(Ordering::Relaxed),
             ),
             (
                 "gateway_subscription_queue_depth",
