@@ -17,7 +17,7 @@ const EVERY_PROCESS = ['http_requests_total', 'http_request_duration_seconds', '
 const GATEWAY = [
   'gateway_sockets_connected', 'gateway_group_rooms', 'gateway_bus_subscriptions', 'gateway_events_in_total',
   'gateway_events_out_total', 'gateway_fanout_messages_total', 'gateway_fanout_latency_seconds',
-  'gateway_bus_queue_depth', 'gateway_subscription_queue_depth', 'gateway_held_messages',
+  'gateway_bus_queue_depth', 'gateway_subscription_queue_depth', 'gateway_held_messages', 'gateway_admission_queue_depth',
   'gateway_slow_clients_disconnected_total', 'gateway_events_lagged_total', 'gateway_gap_fills_total',
 ];
 
