@@ -39,6 +39,10 @@ struct Cursor {
     sent: i64,
     /// `Some` while a catch-up runs: live messages wait here, to go after it.
     held: Option<Vec<(i64, Arc<RawValue>)>>,
+    /// While catch-ups run: the lowest `afterSeq` among them. Everything after it reaches the
+    /// socket in order, so a request from there on (a client's retry while the first is still
+    /// sending) is already covered and must not re-send what went out meanwhile.
+    catching_up_from: Option<i64>,
 }
 
 /// What to do with a live message for this socket.
@@ -81,7 +85,11 @@ impl Session {
     pub fn begin_catch_up(&self, group: GroupId, after: i64) {
         let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
         let cursor = cursors.entry(group).or_default();
-        cursor.sent = cursor.sent.min(after);
+        match cursor.catching_up_from {
+            Some(from) if after >= from => {}
+            _ => cursor.sent = cursor.sent.min(after),
+        }
+        cursor.catching_up_from = Some(cursor.catching_up_from.map_or(after, |from| from.min(after)));
         cursor.held.get_or_insert_with(Vec::new);
     }
 
@@ -101,6 +109,7 @@ impl Session {
     pub fn end_catch_up(&self, group: GroupId) -> Vec<Arc<RawValue>> {
         let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
         let cursor = cursors.entry(group).or_default();
+        cursor.catching_up_from = None;
         let mut held = cursor.held.take().unwrap_or_default();
         held.sort_by_key(|(seq, _)| *seq);
         let mut out = Vec::with_capacity(held.len());
@@ -263,6 +272,32 @@ mod cursor_tests {
             "a duplicate is skipped"
         );
         assert!(matches!(s.gate_live(g, 2, &raw(2)), Gate::Send));
+    }
+
+    #[test]
+    fn overlapping_catch_ups_send_each_seq_once() {
+        let s = session();
+        let g = GroupId::new_v7();
+        // A catch-up from 5 is under way and has sent 6..=8 when the client, not having seen
+        // them yet, asks again from 5 (a retry): nothing is sent twice.
+        s.begin_catch_up(g, 5);
+        let first: Vec<i64> = (6..=8).filter(|seq| s.gate_caught_up(g, *seq)).collect();
+        assert_eq!(first, vec![6, 7, 8]);
+        s.begin_catch_up(g, 5);
+        let second: Vec<i64> = (6..=10).filter(|seq| s.gate_caught_up(g, *seq)).collect();
+        assert_eq!(second, vec![9, 10], "the retry continues where the first stands");
+        assert!(s.end_catch_up(g).is_empty());
+        assert!(s.end_catch_up(g).is_empty());
+        assert!(matches!(s.gate_live(g, 11, &raw(11)), Gate::Send));
+        // A request from further back than any running catch-up still re-sends from there.
+        s.begin_catch_up(g, 20);
+        s.begin_catch_up(g, 9);
+        let again: Vec<i64> = (10..=11).filter(|seq| s.gate_caught_up(g, *seq)).collect();
+        assert_eq!(again, vec![10, 11], "the client says it lacks 10 and 11");
+        s.end_catch_up(g);
+        // Once no catch-up runs, a new one from 5 re-sends after 5 (the client discarded them).
+        s.begin_catch_up(g, 5);
+        assert!(s.gate_caught_up(g, 6));
     }
 
     #[test]
