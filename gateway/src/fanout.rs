@@ -3,7 +3,7 @@
 //! early (two API pods racing) is held briefly, and what is missing is fetched from the store.
 //!
 //! Each group's ordering starts from the group's `last_seq` read just before the gateway
-//! subscribes to it ([`Seeds`]) and ends when it unsubscribes; so the first message a gateway
+//! subscribes to it ([`crate::seeds::Seeds`]) and ends when it unsubscribes; so the first message a gateway
 //! sees of a group is never taken as the start of the sequence. After the bus reconnects (or
 //! the fan-out fell behind it), the tail of every group is read again and what the bus missed
 //! is fetched from the store.
@@ -19,8 +19,6 @@ use tracing::Instrument;
 use community_chat_shared::{
     bus::{Envelope, Event, Target, Topic},
     domain::model::Message,
-    ids::{GroupId, OrgId},
-    store::Store,
     telemetry,
 };
 use serde_json::value::RawValue;
@@ -29,6 +27,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::{
     Gateway, rooms,
+    seeds::{Control, GroupKey, read_tails},
     session::{Gate, Session},
 };
 
@@ -38,10 +37,6 @@ const MAX_HELD: usize = 1_000;
 /// sockets see the jump in seq and catch up themselves (`syncGroups`), paced by their own acks,
 /// instead of a burst that would overflow their queues.
 const MAX_GAP_FILL: i64 = 100;
-/// Most groups in one tail query.
-const TAIL_CHUNK: usize = 1_000;
-
-type GroupKey = (OrgId, GroupId);
 
 /// Per-group ordering state, from subscribe to unsubscribe.
 struct Sequencer {
@@ -67,82 +62,6 @@ impl Sequencer {
             fetching: false,
         }
     }
-}
-
-/// What the subscription task and tail reads tell the fan-out.
-pub(crate) enum Control {
-    /// About to subscribe: each group's sequence continues after this seq.
-    Seed(Vec<(GroupKey, i64)>),
-    /// Unsubscribed: these groups' state goes.
-    Forget(Vec<GroupKey>),
-    /// The store's last seq of these groups, read after the bus may have missed events.
-    Tails(Vec<(GroupKey, i64)>),
-}
-
-/// The subscription task's handle on the fan-out's ordering state.
-#[derive(Clone)]
-pub(crate) struct Seeds {
-    store: Store,
-    control: mpsc::UnboundedSender<Control>,
-}
-
-impl Seeds {
-    pub(crate) fn new(store: Store) -> (Self, mpsc::UnboundedReceiver<Control>) {
-        let (control, receiver) = mpsc::unbounded_channel();
-        (Self { store, control }, receiver)
-    }
-
-    /// Reads where each group of `topics` stands and tells the fan-out, before the bus is asked
-    /// to subscribe. If the store does not answer, the fan-out starts the group at the first
-    /// message it sees (and gap fills cannot work then either).
-    pub(crate) async fn seed(&self, topics: &[Topic]) {
-        let seeds = read_tails(&self.store, group_keys(topics)).await;
-        if !seeds.is_empty() && self.control.send(Control::Seed(seeds)).is_err() {
-            tracing::debug!("fan-out has ended; seeds dropped");
-        }
-    }
-
-    /// Re-reads the tails of these groups, whose subscription came late (a retried subscribe):
-    /// the fan-out fetches what was committed meanwhile.
-    pub(crate) async fn refresh(&self, topics: &[Topic]) {
-        let tails = read_tails(&self.store, group_keys(topics)).await;
-        if !tails.is_empty() && self.control.send(Control::Tails(tails)).is_err() {
-            tracing::debug!("fan-out has ended; tails dropped");
-        }
-    }
-
-    pub(crate) fn forget(&self, topics: &[Topic]) {
-        let keys: Vec<GroupKey> = group_keys(topics).collect();
-        if !keys.is_empty() && self.control.send(Control::Forget(keys)).is_err() {
-            tracing::debug!("fan-out has ended; forget dropped");
-        }
-    }
-}
-
-fn group_keys(topics: &[Topic]) -> impl Iterator<Item = GroupKey> + '_ {
-    topics.iter().filter_map(|t| match t.target {
-        Target::Group(g) => Some((t.org.clone(), g)),
-        Target::User(_) => None,
-    })
-}
-
-/// The store's last seq of each group, a query per org and chunk. Groups the store could not
-/// answer for are left out (logged).
-async fn read_tails(store: &Store, keys: impl Iterator<Item = GroupKey>) -> Vec<(GroupKey, i64)> {
-    let mut by_org: HashMap<OrgId, Vec<GroupId>> = HashMap::new();
-    for (org, group) in keys {
-        by_org.entry(org).or_default().push(group);
-    }
-    let mut out = Vec::new();
-    for (org, groups) in by_org {
-        for chunk in groups.chunks(TAIL_CHUNK) {
-            match store.last_seqs(&org, chunk).await {
-                Ok(rows) => out.extend(rows.into_iter().map(|(g, seq)| ((org.clone(), g), seq))),
-                Err(e) => tracing::warn!(error = %e, groups = chunk.len(), "cannot read group tails"),
-            }
-        }
-    }
-    out
 }
 
 /// The result of a gap fetch, back to the fan-out task.

@@ -3,7 +3,8 @@
 //! - [`connection`]: the handshake (auth, auto-join, subscribe) and disconnect.
 //! - [`events`]: `sendGroupMessage`, `joinGroup`, `leaveGroup`, `groupTyping`.
 //! - [`fanout`]: bus envelopes to local sockets, in seq order.
-//! - [`subscriptions`]: reference-counted bus subscriptions.
+//! - [`subscriptions`]: reference-counted bus subscriptions; [`seeds`]: where each group's
+//!   ordering starts.
 //! - [`session`], [`reply`], [`rooms`]: per-socket state, answers, room names.
 
 mod catch_up;
@@ -12,6 +13,7 @@ mod events;
 mod fanout;
 mod reply;
 pub mod rooms;
+mod seeds;
 mod session;
 mod subscriptions;
 
@@ -136,7 +138,7 @@ pub fn build(
     metrics: &Metrics,
 ) -> (SocketIoLayer, GatewayHandle) {
     let bus = service.bus().clone();
-    let (seeds, control) = fanout::Seeds::new(service.store().clone());
+    let (seeds, control) = seeds::Seeds::new(service.store().clone());
     let store_connections = service.store().pool_stats().max;
     let gateway = Arc::new(Gateway {
         subscriptions: Subscriptions::start(bus.clone(), seeds),

@@ -15,7 +15,7 @@ use std::{
 use community_chat_shared::bus::{Bus, Topic};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::fanout::Seeds;
+use crate::seeds::Seeds;
 
 /// Most requests waiting for the subscription task; senders wait when it is full.
 const QUEUE_CAPACITY: usize = 65_536;
