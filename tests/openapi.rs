@@ -1,86 +1,28 @@
 //! The OpenAPI document served at `/openapi.json`: a well-formed OpenAPI 3.1 document that lists
 //! every endpoint of DESIGN.md, whose every operation is routed, and whose schemas describe
 //! what the server really answers. One backend is enough: the document does not depend on it.
+//!
+//! The helpers are in `openapi_support/`: `document` (fetching and walking the document),
+//! `requests` (probes and calls) and `schemas` (checking answers against the document).
 
 mod common;
+#[path = "openapi_support/document.rs"]
+mod document;
+#[path = "openapi_support/requests.rs"]
+mod requests;
+#[path = "openapi_support/schemas.rs"]
+mod schemas;
 
 use std::collections::BTreeSet;
 
 use common::{Backend, TestServer};
+use document::{EXPECTED, fetch_document, operations, refs};
+use requests::{Answer, call, fill, is_fallback, raw};
 use reqwest::Method;
+use schemas::Schemas;
 use serde_json::{Value, json};
 
 const GROUPS: &str = "/client/community/groups";
-
-/// The endpoints DESIGN.md promises (its REST table, and the operational ones).
-const EXPECTED: &[(&str, &str)] = &[
-    ("post", "/client/community/groups"),
-    ("get", "/client/community/groups"),
-    ("get", "/client/community/groups/{groupId}"),
-    ("patch", "/client/community/groups/{groupId}"),
-    ("delete", "/client/community/groups/{groupId}"),
-    ("post", "/client/community/groups/{groupId}/messages"),
-    ("get", "/client/community/groups/{groupId}/messages"),
-    ("post", "/client/community/groups/{groupId}/members"),
-    ("delete", "/client/community/groups/{groupId}/members/{email}"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/openapi.json"),
-];
-
-const METHODS: &[&str] = &["get", "put", "post", "delete", "options", "head", "patch", "trace"];
-
-async fn fetch_document(server: &TestServer) -> Value {
-    let response = server
-        .http
-        .get(format!("{}/openapi.json", server.base))
-        .send()
-        .await
-        .expect("GET /openapi.json");
-    assert_eq!(response.status(), 200);
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("application/json"),
-        "served as JSON, not {content_type}"
-    );
-    let text = response.text().await.expect("body");
-    serde_json::from_str(&text).expect("/openapi.json parses as JSON")
-}
-
-/// Every (method, path) the document lists.
-fn operations(doc: &Value) -> Vec<(String, String, Value)> {
-    let mut ops = Vec::new();
-    for (path, item) in doc["paths"].as_object().expect("paths is an object") {
-        for method in METHODS {
-            if let Some(op) = item.get(*method) {
-                ops.push(((*method).to_owned(), path.clone(), op.clone()));
-            }
-        }
-    }
-    ops
-}
-
-/// Every `$ref` string anywhere under `value`.
-fn refs(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map {
-                match (key.as_str(), v) {
-                    ("$ref", Value::String(r)) => out.push(r.clone()),
-                    _ => refs(v, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
-        _ => {}
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn document_is_openapi_3_1_and_lists_every_endpoint() {
@@ -157,29 +99,6 @@ async fn document_is_openapi_3_1_and_lists_every_endpoint() {
     }
 }
 
-/// Fills a path template with ids that exist nowhere.
-fn fill(path: &str) -> String {
-    path.replace("{groupId}", &uuid::Uuid::now_v7().to_string())
-        .replace("{email}", "nobody@example.com")
-}
-
-/// Whether a response is the router's own fallback (no route, or no such method on it).
-fn is_fallback(status: u16, body: &Value) -> bool {
-    (status == 404 && body["message"] == "no such route")
-        || (status == 405 && body["message"] == "method not allowed on this route")
-}
-
-async fn raw(server: &TestServer, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request = server.http.request(method, format!("{}{path}", server.base));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.expect("body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_is_routed() {
     let server = TestServer::start(Backend::Sqlite).await;
@@ -204,142 +123,6 @@ async fn every_documented_operation_is_routed() {
             "{} {path} is documented but not routed: {status} {answer}",
             method.to_uppercase()
         );
-    }
-}
-
-/// Validators for the responses the document declares.
-struct Schemas {
-    doc: Value,
-}
-
-impl Schemas {
-    /// The response object for `status` of an operation: the exact code, else its range
-    /// (`4XX`), else `default`. Panics when the status is not documented at all.
-    fn response(&self, method: &str, path: &str, status: u16) -> &Value {
-        let responses = &self.doc["paths"][path][method]["responses"];
-        assert!(
-            responses.is_object(),
-            "{} {path} is in the document",
-            method.to_uppercase()
-        );
-        [status.to_string(), format!("{}XX", status / 100), "default".to_owned()]
-            .iter()
-            .find_map(|key| responses.get(key))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} {path}: status {status} is documented (it lists {:?})",
-                    method.to_uppercase(),
-                    responses.as_object().map(|o| o.keys().collect::<Vec<_>>())
-                )
-            })
-    }
-
-    /// A validator for a JSON schema of this document (refs resolve against its components).
-    fn validator(&self, schema: &Value) -> jsonschema::Validator {
-        let wrapped = json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "components": self.doc["components"],
-            "allOf": [schema],
-        });
-        jsonschema::draft202012::options()
-            .should_validate_formats(true)
-            .build(&wrapped)
-            .unwrap_or_else(|e| panic!("schema {schema} compiles: {e}"))
-    }
-
-    /// A validator for a named component schema.
-    fn component(&self, name: &str) -> jsonschema::Validator {
-        assert!(
-            self.doc["components"]["schemas"][name].is_object(),
-            "component {name} exists"
-        );
-        self.validator(&json!({ "$ref": format!("#/components/schemas/{name}") }))
-    }
-
-    /// Checks a real answer against what the document declares for it: the status is
-    /// documented, the content type is one it declares, and a JSON body matches its schema.
-    #[track_caller]
-    fn check(&self, method: &str, path: &str, answer: &Answer) {
-        let what = format!("{} {path} -> {}", method.to_uppercase(), answer.status);
-        let response = self.response(method, path, answer.status);
-        let content = response.get("content").and_then(Value::as_object);
-        let Some(content) = content.filter(|c| !c.is_empty()) else {
-            assert!(
-                answer.text.is_empty(),
-                "{what}: documented without a body, answered {:?}",
-                answer.text
-            );
-            return;
-        };
-        let media = answer
-            .content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        let declared = content.get(&media).unwrap_or_else(|| {
-            panic!(
-                "{what}: content type {media} is declared (declared: {:?})",
-                content.keys().collect::<Vec<_>>()
-            )
-        });
-        if media == "application/json" {
-            let body: Value =
-                serde_json::from_str(&answer.text).unwrap_or_else(|e| panic!("{what}: body is JSON: {e}"));
-            let schema = declared.get("schema").expect("a JSON response has a schema");
-            let validator = self.validator(schema);
-            let errors: Vec<String> = validator
-                .iter_errors(&body)
-                .map(|e| format!("{} at {}", e, e.instance_path()))
-                .collect();
-            assert!(
-                errors.is_empty(),
-                "{what}: body does not match its schema {schema}:\n{}\nbody: {body}",
-                errors.join("\n")
-            );
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    content_type: String,
-    text: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or(Value::Null)
-    }
-}
-
-/// A request as `token` (if any) in org `o1`.
-async fn call(server: &TestServer, token: Option<&str>, method: Method, path: &str, body: Option<Value>) -> Answer {
-    let mut request = server
-        .http
-        .request(method, format!("{}{path}", server.base))
-        .header("orgid", "o1");
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let text = response.text().await.expect("body");
-    Answer {
-        status,
-        content_type,
-        text,
     }
 }
 
