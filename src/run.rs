@@ -150,7 +150,9 @@ async fn start_http(
     let mut gateway = None;
     if tier != Tier::Api {
         let (layer, handle) = community_chat_gateway::build(service, auth, config.gateway.clone(), &metrics);
-        router = router.layer(layer);
+        router = router.layer(layer).layer(axum::middleware::map_request(
+            community_chat_gateway::detach_request_buffers,
+        ));
         gateway = Some(handle);
     }
     let listener = tokio::net::TcpListener::bind(config.listen_addr)

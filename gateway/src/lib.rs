@@ -130,6 +130,28 @@ impl GatewayHandle {
     }
 }
 
+/// Gives a request its own copies of its header values and URI. hyper parses them as slices of
+/// the connection's HTTP read buffer (8–16 KB), axum keeps a clone of the URI as `OriginalUri`,
+/// and engineioxide keeps every socket's request parts for the socket's whole life: together
+/// they pinned that buffer, half of an idle socket's memory. Applied in front of the socket.io
+/// layer; it copies a few hundred bytes per request.
+pub async fn detach_request_buffers(mut request: axum::extract::Request) -> axum::extract::Request {
+    let headers = std::mem::take(request.headers_mut());
+    let mut owned = axum::http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in &headers {
+        let copy = axum::http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        owned.append(name.clone(), copy);
+    }
+    *request.headers_mut() = owned;
+    if let Ok(uri) = axum::http::Uri::try_from(request.uri().to_string()) {
+        if let Some(original) = request.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
+            original.0 = uri.clone();
+        }
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
 /// Builds the socket.io layer for `/community-chat` and starts the fan-out from the bus.
 pub fn build(
     service: ChatService,
@@ -270,4 +292,35 @@ fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
             out,
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn detached_request_keeps_headers_uri_and_upgrade_extensions() {
+        let mut request = axum::extract::Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("x-custom", "a")
+            .header("x-custom", "b")
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let original = request.uri().clone();
+        request
+            .extensions_mut()
+            .insert(axum::extract::OriginalUri(original.clone()));
+        request.extensions_mut().insert(7u32);
+        let out = detach_request_buffers(request).await;
+        assert_eq!(out.uri(), &original);
+        assert_eq!(
+            out.extensions().get::<axum::extract::OriginalUri>().map(|o| &o.0),
+            Some(&original)
+        );
+        assert_eq!(out.extensions().get::<u32>(), Some(&7), "other extensions stay");
+        assert_eq!(out.headers()["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        let custom: Vec<_> = out.headers().get_all("x-custom").iter().collect();
+        assert_eq!(custom, ["a", "b"], "repeated headers keep their order");
+    }
 }
