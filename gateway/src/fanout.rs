@@ -138,7 +138,10 @@ pub(crate) async fn run(
                 gateway.metrics.held_messages.store(held as i64, Ordering::Relaxed);
                 for (key, state) in sequencers.iter_mut() {
                     let waited = state.held_since.is_some_and(|t| now.duration_since(t) >= gap_delay);
-                    if !state.fetching && (waited || state.held.len() >= MAX_HELD) {
+                    // A known tail not reached yet (a fill stopped at a held message that was
+                    // then released): fetch the rest.
+                    let behind_tail = state.held.is_empty() && state.tail > state.last;
+                    if !state.fetching && (waited || behind_tail || state.held.len() >= MAX_HELD) {
                         start_fill(&gateway, key.clone(), state, fill_tx.clone());
                     }
                 }
@@ -393,14 +396,23 @@ fn apply_fill(gateway: &Gateway, key: &GroupKey, state: &mut Sequencer, fetched:
     state.fetching = false;
     match fetched {
         Ok(messages) => {
+            let before = state.last;
             for message in messages {
                 if message.seq == state.last + 1 {
                     send_message(gateway, key, &message);
                     state.last = message.seq;
                 }
             }
+            if state.last == before {
+                // The store had nothing after `last`: the tail read was ahead of it; stop.
+                state.tail = state.last;
+            }
         }
-        Err(e) => tracing::warn!(error = %e, "gap fill from the store failed; clients catch up by seq"),
+        Err(e) => {
+            tracing::warn!(error = %e, "gap fill from the store failed; clients catch up by seq");
+            // Not retried on a timer while the store fails: the next message retries.
+            state.tail = state.last;
+        }
     }
     // Whatever is still missing cannot be waited for forever: skip ahead; clients see the
     // gap in seq and catch up themselves.
