@@ -170,12 +170,7 @@ impl PostStats {
     }
 
     pub fn error_summary(&self) -> String {
-        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors
-            .iter()
-            .map(|(k, v)| format!("{k} x{v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        crate::stats::count_summary(&self.errors, ", ")
     }
 
     pub fn acked_snapshot(&self) -> Vec<i64> {

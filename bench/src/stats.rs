@@ -107,6 +107,16 @@ impl Summary {
     }
 }
 
+/// `text xN` of each counted kind, joined with `sep`.
+pub fn count_summary(counts: &std::sync::Mutex<std::collections::BTreeMap<String, u64>>, sep: &str) -> String {
+    let counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 /// Clock ticks per second of `/proc/PID/stat` times (`getconf CLK_TCK`, 100 on Linux x86-64).
 pub fn clock_ticks() -> f64 {
     static TICKS: OnceLock<f64> = OnceLock::new();

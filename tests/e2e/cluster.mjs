@@ -73,6 +73,18 @@ export function binaryPath() {
   return path.join(target, 'debug', 'community-chat');
 }
 
+/// The topologies `E2E_MODES` asks for (default: both).
+export function requestedModes() {
+  return (process.env.E2E_MODES || 'scaled,standalone').split(',').map((m) => m.trim()).filter(Boolean);
+}
+
+/// Why a test that starts and breaks its own scaled topology is skipped (`what` it would need
+/// from an external one), or false when it runs.
+export function scaledOnlySkip(what) {
+  if (externalTopology()) return `external topology: no access to ${what}`;
+  return requestedModes().includes('scaled') ? false : 'E2E_MODES does not include scaled';
+}
+
 export function externalTopology() {
   const { E2E_API_URLS, E2E_GATEWAY_URLS, E2E_JWT_SECRET } = process.env;
   if (!E2E_API_URLS || !E2E_GATEWAY_URLS || !E2E_JWT_SECRET) return null;

@@ -27,25 +27,16 @@ import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, afterEach, before, describe, test } from 'node:test';
 
-import { externalTopology, startCluster } from './cluster.mjs';
-import { Rest, SETTLE_MS, eventually, metric, sleep, uid } from './helpers.mjs';
+import { scaledOnlySkip, startCluster } from './cluster.mjs';
+import { Rest, SETTLE_MS, envNumber, eventually, metric, sleep, uid } from './helpers.mjs';
 import { Member, catchUp, checkDelivery, countBy, fmtCounts, fullHistory, lagging, prng, restSend } from './recipe.mjs';
 
-const modes = (process.env.E2E_MODES || 'scaled,standalone').split(',').map((m) => m.trim());
-const skip = externalTopology()
-  ? 'external topology: no access to its processes'
-  : !modes.includes('scaled')
-    ? 'E2E_MODES does not include scaled'
-    : false;
+const skip = scaledOnlySkip('its processes');
 
-const num = (name, dflt) => {
-  const v = Number(process.env[name]);
-  return Number.isFinite(v) && v > 0 ? v : dflt;
-};
-const DRAIN_SECONDS = num('DRAIN_SECONDS', 5);
-const RATE = num('DRAIN_RATE', 20);
-const PHASE_MS = num('DRAIN_PHASE_MS', 3000);
-const SEED = num('DRAIN_SEED', crypto.randomInt(1, 2 ** 31));
+const DRAIN_SECONDS = envNumber('DRAIN_SECONDS', 5);
+const RATE = envNumber('DRAIN_RATE', 20);
+const PHASE_MS = envNumber('DRAIN_PHASE_MS', 3000);
+const SEED = envNumber('DRAIN_SEED', crypto.randomInt(1, 2 ** 31));
 /// Members on gateway 1 (the one shut down) and on gateway 2.
 const ON_GATEWAY1 = 8;
 const ON_GATEWAY2 = 4;

@@ -25,30 +25,21 @@
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { after, afterEach, before, describe, test } from 'node:test';
-import { externalTopology, startCluster } from './cluster.mjs';
-import { Clients, Rest, SETTLE_MS, eventually, sleep, uid } from './helpers.mjs';
+import { scaledOnlySkip, startCluster } from './cluster.mjs';
+import { Clients, Rest, SETTLE_MS, envNumber, eventually, sleep, uid } from './helpers.mjs';
 import { Member, catchUp, checkDelivery, countBy, fmtCounts, fullHistory, prng, restSend, short } from './recipe.mjs';
 import { privatePostgres, privateRedis } from './services.mjs';
 
 process.env.E2E_ECHO_LOGS ??= 'none';
 
-const modes = (process.env.E2E_MODES || 'scaled,standalone').split(',').map((m) => m.trim());
-const skip = externalTopology()
-  ? 'external topology: no access to its processes, Postgres or Redis'
-  : !modes.includes('scaled')
-    ? 'E2E_MODES does not include scaled'
-    : false;
+const skip = scaledOnlySkip('its processes, Postgres or Redis');
 
-const num = (name, dflt) => {
-  const v = Number(process.env[name]);
-  return Number.isFinite(v) && v > 0 ? v : dflt;
-};
-const SEED = num('FAULT_SEED', crypto.randomInt(1, 2 ** 31));
-const USERS = num('FAULT_USERS', 24);
-const GROUPS = num('FAULT_GROUPS', 6);
-const RATE = num('FAULT_RATE', 10);
-const PHASE_MS = num('FAULT_PHASE_MS', 8000);
-const PG_DOWN_MS = num('FAULT_PG_DOWN_MS', 3000);
+const SEED = envNumber('FAULT_SEED', crypto.randomInt(1, 2 ** 31));
+const USERS = envNumber('FAULT_USERS', 24);
+const GROUPS = envNumber('FAULT_GROUPS', 6);
+const RATE = envNumber('FAULT_RATE', 10);
+const PHASE_MS = envNumber('FAULT_PHASE_MS', 8000);
+const PG_DOWN_MS = envNumber('FAULT_PG_DOWN_MS', 3000);
 /// Hard cap on messages sent by test 1.
 const MAX_MESSAGES = 600;
 /// A send is retried (same clientMessageId) until acknowledged, at most this long (and at most

@@ -12,6 +12,12 @@ export const SETTLE_MS = 500;
 /// Longest wait for one expected event.
 export const EVENT_TIMEOUT_MS = 5000;
 
+/// A positive number from the environment, else `dflt`.
+export function envNumber(name, dflt) {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v > 0 ? v : dflt;
+}
+
 export const uid = () => crypto.randomBytes(4).toString('hex');
 
 /// Which org each group belongs to, for the cross-org invariant.

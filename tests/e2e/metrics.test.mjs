@@ -5,11 +5,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { startCluster } from './cluster.mjs';
+import { requestedModes, startCluster } from './cluster.mjs';
 import { Clients, Rest, assertDeliveredOnce, eventually, uid } from './helpers.mjs';
 import { parsePrometheus, sampleSum, scrape } from './prometheus.mjs';
 
-const modes = (process.env.E2E_MODES || 'scaled,standalone').split(',').map((m) => m.trim());
 const POST_ROUTE = '/client/community/groups/{groupId}/messages';
 
 /// Families every process exports, and those of processes that hold sockets.
@@ -40,7 +39,7 @@ describe('the strict Prometheus reader', () => {
   });
 });
 
-for (const mode of modes) {
+for (const mode of requestedModes()) {
   describe(`/metrics (${mode})`, { timeout: 60_000 }, () => {
     let cluster;
     let clients;

@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 
-import { externalTopology, startCluster } from './cluster.mjs';
+import { scaledOnlySkip, startCluster } from './cluster.mjs';
 import {
   Clients,
   Rest,
@@ -24,12 +24,7 @@ import {
 import { privateRedis } from './services.mjs';
 import { TEST_ENV } from './suite.mjs';
 
-const modes = (process.env.E2E_MODES || 'scaled,standalone').split(',').map((m) => m.trim());
-const skip = externalTopology()
-  ? 'external topology: no access to its Redis or processes'
-  : !modes.includes('scaled')
-    ? 'E2E_MODES does not include scaled'
-    : false;
+const skip = scaledOnlySkip('its Redis or processes');
 
 /// The private Redis of this file (services.mjs), started in before().
 let redis = null;

@@ -158,6 +158,21 @@ function pgIds() {
   return ids;
 }
 
+/// Spawns a server with its output appended to `logPath`, killed by the exit hook if still
+/// running; `proc.exited` resolves to `{ code, signal }` after `onExit` ran.
+function spawnTracked(cmd, args, logPath, onExit) {
+  const log = fs.openSync(logPath, 'a');
+  const proc = spawn(cmd, args, { stdio: ['ignore', log, log] });
+  fs.closeSync(log);
+  CHILDREN.add(proc);
+  proc.exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
+    CHILDREN.delete(proc);
+    onExit();
+    resolve({ code, signal });
+  }));
+  return proc;
+}
+
 async function waitFor(fn, { timeoutMs, what, intervalMs = 100 }) {
   const deadline = Date.now() + timeoutMs;
   let last;
@@ -193,22 +208,15 @@ export async function privatePostgres({ label = 'pg' } = {}) {
   let exited = null;
   const start = async () => {
     if (child) throw new Error(`private Postgres on ${port} is already running`);
-    const log = fs.openSync(logPath, 'a');
     const [cmd, args] = asPostgres(path.join(PG_BIN, 'postgres'), [
       '-D', dataDir, '-p', String(port), '-k', dir,
       // fsync=off survives a crash of Postgres itself (the OS keeps the data), not of the
       // machine; synchronous_commit stays on: an acknowledged commit must survive stop().
       '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'max_connections=200',
     ]);
-    const proc = spawn(cmd, args, { stdio: ['ignore', log, log] });
-    fs.closeSync(log);
+    const proc = spawnTracked(cmd, args, logPath, () => { if (child === proc) child = null; });
     child = proc;
-    CHILDREN.add(proc);
-    exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
-      CHILDREN.delete(proc);
-      if (child === proc) child = null;
-      resolve({ code, signal });
-    }));
+    exited = proc.exited;
     await waitFor(async () => {
       if (child !== proc) throw new Error(`postgres exited while starting:\n${tail(logPath)}`);
       await run(path.join(PG_BIN, 'pg_isready'), ['-q', '-h', '127.0.0.1', '-p', String(port), '-t', '1'], { timeout: 5000 });
@@ -287,18 +295,11 @@ export async function privateRedis({ label = 'redis' } = {}) {
 
   const start = async () => {
     if (child) throw new Error(`private Redis on ${port} is already running`);
-    const log = fs.openSync(logPath, 'a');
-    const proc = spawn('redis-server', [
+    const proc = spawnTracked('redis-server', [
       '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', dir,
-    ], { stdio: ['ignore', log, log] });
-    fs.closeSync(log);
+    ], logPath, () => { if (child === proc) child = null; });
     child = proc;
-    CHILDREN.add(proc);
-    exited = new Promise((resolve) => proc.on('exit', (code, signal) => {
-      CHILDREN.delete(proc);
-      if (child === proc) child = null;
-      resolve({ code, signal });
-    }));
+    exited = proc.exited;
     await waitFor(async () => {
       if (child !== proc) throw new Error(`redis-server exited while starting:\n${tail(logPath)}`);
       return ping();

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 
-import { mintJwt, startCluster } from './cluster.mjs';
+import { mintJwt, requestedModes, startCluster } from './cluster.mjs';
 import {
   Clients,
   Rest,
@@ -29,7 +29,7 @@ const SENDS_PER_SECOND = Number(
 export function topologies() {
   return process.env.E2E_API_URLS && process.env.E2E_GATEWAY_URLS && process.env.E2E_JWT_SECRET
     ? ['external']
-    : (process.env.E2E_MODES || 'scaled,standalone').split(',').map((m) => m.trim()).filter(Boolean);
+    : requestedModes();
 }
 
 export function defineGatewaySuite(mode) {

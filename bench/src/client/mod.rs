@@ -155,12 +155,7 @@ impl Clients {
 
     /// `text xN, ...` of the connection errors and disconnect reasons seen.
     pub fn error_summary(&self) -> String {
-        let errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        errors
-            .iter()
-            .map(|(k, v)| format!("{k} x{v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        crate::stats::count_summary(&self.errors, "; ")
     }
 
     /// Starts one socket per `(user, gateway index)` and returns once each has connected or

@@ -47,22 +47,30 @@ impl Store {
     /// `message` are ignored. With a `clientMessageId` already stored, the stored message is
     /// returned instead and nothing is written.
     pub async fn insert_message(&self, message: Message) -> Result<InsertOutcome, DomainError> {
-        let org = message.org_id.clone();
-        let group = message.group_id;
-        let from = message.from.clone();
+        let (org, group, from) = (message.org_id.clone(), message.group_id, message.from.clone());
         let client_id = message.client_message_id.clone();
-        match self.try_insert_message(message).await {
-            Ok(None) if client_id.is_some() => {
-                // A concurrent retry with the same clientMessageId won the race (unique index).
-                let id = client_id.as_deref().unwrap_or_default();
-                match self.find_by_client_id(&org, group, &from, id).await? {
-                    Some(stored) => Ok(InsertOutcome::Replayed(stored)),
-                    None => Err(DomainError::Internal("idempotent insert lost its row".into())),
-                }
-            }
-            Ok(Some(outcome)) => Ok(outcome),
-            Ok(None) => Err(DomainError::Internal("insert conflicted without a client id".into())),
-            Err(e) => Err(e),
+        match self.try_insert_message(message).await? {
+            Some(outcome) => Ok(outcome),
+            // A concurrent retry with the same clientMessageId won the race (unique index).
+            None => self.replayed(&org, group, &from, client_id.as_deref()).await,
+        }
+    }
+
+    /// The message already stored under this sender's clientMessageId, after an insert of it
+    /// hit the unique index.
+    async fn replayed(
+        &self,
+        org: &OrgId,
+        group: GroupId,
+        from: &Email,
+        client_id: Option<&str>,
+    ) -> Result<InsertOutcome, DomainError> {
+        let Some(client_id) = client_id else {
+            return Err(DomainError::Internal("insert conflicted without a client id".into()));
+        };
+        match self.find_by_client_id(org, group, from, client_id).await? {
+            Some(stored) => Ok(InsertOutcome::Replayed(stored)),
+            None => Err(DomainError::Internal("idempotent insert lost its row".into())),
         }
     }
 
@@ -112,16 +120,13 @@ impl Store {
                 Ok(Some(InsertOutcome::Stored(Message { seq, ..message.clone() })))
             }
             Ok(None) => Ok(None),
+            // The same clientMessageId is stored already (a retry, or a racing one).
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                // The same clientMessageId is stored already (a retry, or a racing one).
-                let client_id = message.client_message_id.as_deref().unwrap_or_default();
-                match self
-                    .find_by_client_id(&message.org_id, message.group_id, &message.from, client_id)
-                    .await?
-                {
-                    Some(stored) => Ok(Some(InsertOutcome::Replayed(stored))),
-                    None => Err(DomainError::Internal("idempotent insert lost its row".into())),
-                }
+                let client_id = message.client_message_id.as_deref();
+                (self
+                    .replayed(&message.org_id, message.group_id, &message.from, client_id)
+                    .await)
+                    .map(Some)
             }
             Err(e) => Err(e.into()),
         }
