@@ -105,7 +105,7 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 
 async fn connect_store(config: &Config) -> anyhow::Result<Store> {
     let url = config.database_url.as_deref().unwrap_or_default();
-    Store::connect(url, config.database_max_connections)
+    Store::connect_with(url, config.database_max_connections, config.database_post_batch)
         .await
         .map_err(|e| anyhow::anyhow!("DATABASE_URL: cannot connect: {e}"))
 }
@@ -196,7 +196,7 @@ async fn start_http(
     Ok(())
 }
 
-/// The database pool's gauges on `/metrics`.
+/// The database pool's gauges and the group commit counters on `/metrics`.
 fn register_pool_metrics(metrics: &Metrics, store: Store) {
     metrics.add_source(move |out| {
         use std::fmt::Write;
@@ -213,6 +213,20 @@ fn register_pool_metrics(metrics: &Metrics, store: Store) {
             pool.open.saturating_sub(pool.idle),
             pool.idle,
             pool.max
+        );
+        let batches = store.batch_stats();
+        let _ = writeln!(
+            out,
+            "# HELP db_post_batches_total Statements that stored members' posts together, one commit each (group commit, Postgres).\n\
+             # TYPE db_post_batches_total counter\n\
+             db_post_batches_total {}\n\
+             # HELP db_post_batch_posts_total Posts those statements carried; divided by db_post_batches_total, the mean batch size.\n\
+             # TYPE db_post_batch_posts_total counter\n\
+             db_post_batch_posts_total {}\n\
+             # HELP db_post_batch_retries_total Posts of failed batches, posted again on their own.\n\
+             # TYPE db_post_batch_retries_total counter\n\
+             db_post_batch_retries_total {}",
+            batches.batches, batches.posts, batches.retried
         );
     });
 }

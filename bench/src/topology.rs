@@ -305,24 +305,12 @@ impl Topology {
 
     /// The gateways' `gateway_*` counters from `/metrics`, summed over the live gateways.
     pub async fn gateway_counters(&self) -> Vec<(String, f64)> {
-        let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
-            Ok(h) => h,
-            Err(_) => return Vec::new(),
-        };
-        let mut sums: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
-        for gateway in self.gateways() {
-            let Ok(response) = http.get(format!("http://{}/metrics", gateway.addr)).send().await else {
-                continue;
-            };
-            let Ok(text) = response.text().await else { continue };
-            for line in text.lines().filter(|l| l.starts_with("gateway_")) {
-                let mut parts = line.split_whitespace();
-                if let (Some(name), Some(value)) = (parts.next(), parts.next().and_then(|v| v.parse::<f64>().ok())) {
-                    *sums.entry(name.to_owned()).or_default() += value;
-                }
-            }
-        }
-        sums.into_iter().collect()
+        sum_counters(&self.gateways(), "gateway_").await
+    }
+
+    /// The API processes' group commit counters (`db_post_*`), summed.
+    pub async fn post_batch_counters(&self) -> Vec<(String, f64)> {
+        sum_counters(&self.apis(), "db_post_").await
     }
 
     /// `kill -9` one server (the storm).
@@ -496,4 +484,26 @@ mod tests {
             "postgres://u:p@h/y?sslmode=disable"
         );
     }
+}
+
+/// The unlabelled samples whose names start with `prefix` on each server's `/metrics`, summed.
+async fn sum_counters(servers: &[&Server], prefix: &str) -> Vec<(String, f64)> {
+    let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+        Ok(h) => h,
+        Err(_) => return Vec::new(),
+    };
+    let mut sums: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for server in servers {
+        let Ok(response) = http.get(format!("http://{}/metrics", server.addr)).send().await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else { continue };
+        for line in text.lines().filter(|l| l.starts_with(prefix)) {
+            let mut parts = line.split_whitespace();
+            if let (Some(name), Some(value)) = (parts.next(), parts.next().and_then(|v| v.parse::<f64>().ok())) {
+                *sums.entry(name.to_owned()).or_default() += value;
+            }
+        }
+    }
+    sums.into_iter().collect()
 }

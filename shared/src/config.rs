@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
+    /// Most members' posts stored by one statement and one commit (Postgres group commit). Posts
+    /// that arrive while earlier ones are being written go out together; a lone post is never
+    /// held back. 1 stores each post on its own.
+    #[arg(long, env = "DATABASE_POST_BATCH", default_value_t = crate::store::DEFAULT_POST_BATCH, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_post_batch: u32,
+
     /// Redis URL (`redis://host:6379`; `redis-cluster://host:port` for a cluster with sharded
     /// pub/sub). Unset: events stay in this process (standalone `serve` only).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]

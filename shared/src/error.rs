@@ -93,7 +93,7 @@ impl From<sea_orm::DbErr> for DomainError {
     }
 }
 
-fn is_connection_error(e: &sea_orm::SqlxError) -> bool {
+pub(crate) fn is_connection_error(e: &sea_orm::SqlxError) -> bool {
     use sea_orm::SqlxError;
     matches!(
         e,

@@ -119,7 +119,7 @@ pub struct TestServer {
     pub auth: Arc<Authenticator>,
     pub service: ChatService,
     pub bus: Arc<InProcessBus>,
-    pub db: TestDb,
+    pub db: Arc<TestDb>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -130,7 +130,15 @@ impl TestServer {
 
     /// `flags` are extra configuration flags, e.g. `["--max-content-chars", "20"]`.
     pub async fn start_with(backend: Backend, flags: &[&str]) -> Self {
-        let db = TestDb::create(backend).await;
+        Self::start_on(Arc::new(TestDb::create(backend).await), flags).await
+    }
+
+    /// Another server over the same database (another pod), with its own pool and bus.
+    pub async fn beside(&self) -> Self {
+        Self::start_on(self.db.clone(), &[]).await
+    }
+
+    async fn start_on(db: Arc<TestDb>, flags: &[&str]) -> Self {
         let mut all = vec!["--jwt-secret", SECRET, "--database-url", &db.url];
         all.extend_from_slice(flags);
         let config = Config::from_flags(all).expect("test config");

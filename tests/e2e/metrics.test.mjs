@@ -12,7 +12,10 @@ import { parsePrometheus, sampleSum, scrape } from './prometheus.mjs';
 const POST_ROUTE = '/client/community/groups/{groupId}/messages';
 
 /// Families every process exports, and those of processes that hold sockets.
-const EVERY_PROCESS = ['http_requests_total', 'http_request_duration_seconds', 'db_pool_connections', 'db_pool_max_connections'];
+const EVERY_PROCESS = [
+  'http_requests_total', 'http_request_duration_seconds', 'db_pool_connections', 'db_pool_max_connections',
+  'db_post_batches_total', 'db_post_batch_posts_total', 'db_post_batch_retries_total',
+];
 const GATEWAY = [
   'gateway_sockets_connected', 'gateway_group_rooms', 'gateway_bus_subscriptions', 'gateway_events_in_total',
   'gateway_events_out_total', 'gateway_fanout_messages_total', 'gateway_fanout_latency_seconds',
@@ -88,6 +91,16 @@ for (const mode of requestedModes()) {
       const apiNow = await scrape(api);
       assert.ok(sampleSum(apiNow, 'db_pool_max_connections') >= 1, 'db_pool_max_connections');
       assert.ok(sampleSum(apiNow, 'db_pool_connections') >= 1, 'the pool holds a connection after traffic');
+      // Group commit runs on Postgres only (scaled); standalone SQLite posts one by one.
+      const apiThen = before.get(api);
+      const posted = sampleSum(apiNow, 'db_post_batch_posts_total') - sampleSum(apiThen, 'db_post_batch_posts_total');
+      const commits = sampleSum(apiNow, 'db_post_batches_total') - sampleSum(apiThen, 'db_post_batches_total');
+      if (mode === 'scaled') {
+        assert.equal(posted, posts, `${api}: every post went through group commit`);
+        assert.ok(commits >= 1 && commits <= posts, `${api}: ${commits} commits for ${posts} posts`);
+      } else {
+        assert.equal(posted + commits, 0, 'no group commit on SQLite');
+      }
 
       for (const url of gateways) {
         const now = await scrape(url);

@@ -107,6 +107,20 @@ pub async fn run(ctx: &Ctx, args: &PersistArgs) -> anyhow::Result<Report> {
         after.wall_seconds_since(&before),
         Some((ok as f64 / 1000.0, "1k messages")),
     );
+    let batching = setup.topology.post_batch_counters().await;
+    let counter = |name: &str| batching.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v);
+    let (batches, carried) = (counter("db_post_batches_total"), counter("db_post_batch_posts_total"));
+    if batches > 0.0 {
+        report.line(
+            "group commit",
+            format!(
+                "{batches:.0} statements carried {carried:.0} posts ({:.1} per commit), {:.0} retried alone",
+                carried / batches,
+                counter("db_post_batch_retries_total")
+            ),
+        );
+        report.set("posts_per_commit", json!(carried / batches));
+    }
     if failed > 0 {
         report.note(format!("post errors: {}", stats.error_summary()));
     }

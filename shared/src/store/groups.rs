@@ -277,6 +277,14 @@ impl Store {
     /// Deletes the group with its members and messages. `false` if it did not exist.
     pub async fn delete_group(&self, org: &OrgId, id: GroupId) -> Result<bool, DomainError> {
         let write = self.begin_write().await?;
+        // The group row first: its lock waits for posts being stored in this group and stops
+        // later ones (messages have no foreign key to groups on Postgres, see migration.rs), so
+        // the messages deleted next include every message that will ever be stored in it.
+        let deleted = groups::Entity::delete_many()
+            .filter(groups::Column::OrgId.eq(org.as_str()))
+            .filter(groups::Column::Id.eq(id.0))
+            .exec(&write.txn)
+            .await?;
         super::entity::messages::Entity::delete_many()
             .filter(super::entity::messages::Column::OrgId.eq(org.as_str()))
             .filter(super::entity::messages::Column::GroupId.eq(id.0))
@@ -285,11 +293,6 @@ impl Store {
         group_members::Entity::delete_many()
             .filter(group_members::Column::OrgId.eq(org.as_str()))
             .filter(group_members::Column::GroupId.eq(id.0))
-            .exec(&write.txn)
-            .await?;
-        let deleted = groups::Entity::delete_many()
-            .filter(groups::Column::OrgId.eq(org.as_str()))
-            .filter(groups::Column::Id.eq(id.0))
             .exec(&write.txn)
             .await?;
         write.txn.commit().await?;

@@ -7,6 +7,7 @@ use sea_orm::{
 
 use super::{
     Store,
+    batch::BatchOutcome,
     entity::{groups, messages},
 };
 use crate::{
@@ -78,29 +79,27 @@ impl Store {
     /// is a member and that `replyTo` is a message of the group, takes the next seq and inserts,
     /// atomically in autocommit (a failed insert rolls its seq back too). `Ok(None)`: it did not
     /// apply (not a member, no such group, bad `replyTo`, or SQLite) and the caller takes the
-    /// checked path, which says which it was.
+    /// checked path, which says which it was. With group commit on, the post joins the batch of
+    /// posts waiting at the same time (`batch.rs`); a failed batch falls back to this statement.
     pub async fn insert_member_message(&self, message: &Message) -> Result<Option<InsertOutcome>, DomainError> {
         if self.backend() != DbBackend::Postgres {
             return Ok(None);
         }
-        const SQL: &str = "WITH member AS (
-                SELECT 1 FROM group_members WHERE org_id = $1 AND group_id = $2 AND email = $3
-            ), bumped AS (
-                UPDATE groups SET last_seq = last_seq + 1
-                WHERE org_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM member)
-                  AND ($8::uuid IS NULL OR EXISTS (
-                      SELECT 1 FROM messages WHERE org_id = $1 AND id = $8 AND group_id = $2))
-                RETURNING last_seq
-            )
-            INSERT INTO messages (org_id, group_id, seq, id, sender, content, content_type, attachments,
-                                  reply_to, client_message_id, created_at)
-            SELECT $1, $2, last_seq, $4, $3, $5, $6, $7, $8, $9, $10 FROM bumped
-            RETURNING seq";
+        if let Some(batcher) = &self.batcher {
+            match batcher.post(message).await? {
+                BatchOutcome::Stored(seq) => {
+                    return Ok(Some(InsertOutcome::Stored(Message { seq, ..message.clone() })));
+                }
+                BatchOutcome::NotApplied => return Ok(None),
+                BatchOutcome::Retry => {}
+            }
+        }
+
         let attachments = serde_json::to_string(&message.attachments)
             .map_err(|e| DomainError::Internal(format!("attachments: {e}")))?;
         let statement = Statement::from_sql_and_values(
             DbBackend::Postgres,
-            SQL,
+            super::batch::SINGLE_SQL,
             [
                 message.org_id.as_str().into(),
                 message.group_id.0.into(),

@@ -1,6 +1,7 @@
 //! Persistence: one sea-orm store for Postgres (scaled mode) and SQLite (standalone). SQL lives
 //! here and nowhere else; the domain calls these methods with already-validated values.
 
+mod batch;
 mod entity;
 mod groups;
 mod messages;
@@ -14,6 +15,7 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, MutexGuard};
 
+pub use batch::BatchStats;
 pub use groups::{GroupRow, MemberChange};
 pub use messages::InsertOutcome;
 
@@ -26,7 +28,12 @@ pub struct Store {
     /// "database is locked". `None` on Postgres, where row locks serialise per group only.
     write_gate: Option<Arc<Mutex<()>>>,
     max_connections: u32,
+    /// Group commit of members' posts (Postgres with a batch size above 1).
+    batcher: Option<batch::PostBatcher>,
 }
+
+/// Most posts stored by one statement and one commit, unless configured.
+pub const DEFAULT_POST_BATCH: u32 = 256;
 
 /// The connection pool right now, for `/metrics`.
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +53,13 @@ impl Store {
     /// Connects (SQLite files and folders are created). Fails fast when the database does not
     /// answer: a request waits at most 3 s for a connection, then gets 503.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DomainError> {
+        Self::connect_with(url, max_connections, DEFAULT_POST_BATCH).await
+    }
+
+    /// [`Store::connect`], storing concurrent posts up to `post_batch` at a time in one commit
+    /// on Postgres (1: each post on its own). Group commit has a connection of its own, one of
+    /// the `max_connections`; with `max_connections` 1 posts go one by one.
+    pub async fn connect_with(url: &str, max_connections: u32, post_batch: u32) -> Result<Self, DomainError> {
         let is_sqlite = url.starts_with("sqlite:");
         if is_sqlite
             && let Some(path) = sqlite_path(url)
@@ -55,9 +69,17 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DomainError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
+        // Group commit takes one of the connections for itself (Postgres, with 2 or more).
+        let is_postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        let batcher = if is_postgres && post_batch > 1 && max_connections >= 2 {
+            Some(batch::PostBatcher::start(url, post_batch as usize)?)
+        } else {
+            None
+        };
+        let pool_size = max_connections - u32::from(batcher.is_some());
         let mut options = ConnectOptions::new(url.to_owned());
         options
-            .max_connections(max_connections)
+            .max_connections(pool_size)
             .min_connections(0)
             .connect_timeout(Duration::from_secs(3))
             .acquire_timeout(Duration::from_secs(3))
@@ -76,6 +98,7 @@ impl Store {
             db,
             write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             max_connections,
+            batcher,
         })
     }
 
@@ -92,11 +115,23 @@ impl Store {
             }
             _ => (0, 0),
         };
+        let (open, idle) = match &self.batcher {
+            Some(batcher) => {
+                let (b_open, b_idle) = batcher.pool_size();
+                (open + b_open, idle as u32 + b_idle)
+            }
+            None => (open, idle as u32),
+        };
         PoolStats {
             open,
-            idle: u32::try_from(idle).unwrap_or(u32::MAX),
+            idle,
             max: self.max_connections,
         }
+    }
+
+    /// Group commit figures (all zero without group commit: SQLite, or a batch size of 1).
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher.as_ref().map(|b| b.stats()).unwrap_or_default()
     }
 
     /// Applies pending migrations.
