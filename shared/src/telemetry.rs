@@ -50,7 +50,12 @@ pub fn init(config: &Config, service: &str) -> anyhow::Result<Telemetry> {
             .with_span_list(false)
             .with_writer(std::io::stderr)
             .boxed(),
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        // Colours only for a terminal: in a file or a log collector they are noise, and cost
+        // time on every line.
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
     };
     if tracing_subscriber::registry()
         .with(filter)

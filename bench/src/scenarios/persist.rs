@@ -19,7 +19,7 @@ use crate::{
 
 #[derive(Clone, Debug, Default, Args)]
 pub struct PersistArgs {
-    /// Concurrent posters (C), also pgbench's client count [default 16; smoke 4].
+    /// Concurrent posters (C), also pgbench's client count [default 64; smoke 4].
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Seconds of posting, and of pgbench [default 10; smoke 2].
@@ -39,7 +39,7 @@ struct Settings {
 impl PersistArgs {
     fn resolve(&self, smoke: bool) -> Settings {
         Settings {
-            concurrency: self.concurrency.unwrap_or(if smoke { 4 } else { 16 }),
+            concurrency: self.concurrency.unwrap_or(if smoke { 4 } else { 64 }),
             duration: self.duration.unwrap_or(if smoke { 2 } else { 10 }),
             group_size: self.group_size.unwrap_or(if smoke { 2 } else { 10 }),
         }
