@@ -10,7 +10,7 @@ use community_chat_shared::{domain::model::HistoryCursor, error::DomainError, id
 use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 
-use crate::{Gateway, fanout::emit_one, session::Session};
+use crate::{Gateway, fanout::emit_one, session::Session, shared_reads::SharedReads};
 
 /// Most groups in one sync request.
 pub const MAX_GROUPS: usize = 500;
@@ -56,7 +56,7 @@ pub fn begin(session: &Session, groups: &[(GroupId, i64)]) {
 /// Sends what each group missed, then the live messages held meanwhile. Returns one summary
 /// per group: `{ groupId, delivered, lastSeq, hasMore }` or `{ groupId, error }`.
 pub async fn run(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     socket: &SocketRef,
     session: &Arc<Session>,
     groups: &[(GroupId, i64)],
@@ -81,13 +81,34 @@ pub async fn run(
 }
 
 async fn send_missed(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     socket: &SocketRef,
     session: &Session,
     group: GroupId,
     after: i64,
 ) -> Result<(usize, i64, bool), DomainError> {
     let (mut cursor, mut delivered) = (after, 0usize);
+    // Sends one message unless the socket has it; true when sent.
+    let send = |message: &community_chat_shared::domain::model::Message| -> Result<bool, DomainError> {
+        if message.seq <= after || !session.gate_caught_up(group, message.seq) {
+            return Ok(false);
+        }
+        let payload = serde_json::value::to_raw_value(message).map_err(|e| DomainError::Internal(e.to_string()))?;
+        emit_one(gateway, socket.clone(), "newGroupMessage", &payload);
+        Ok(true)
+    };
+    // A member's first page comes from a read shared with the other sockets syncing this group
+    // now (its membership was checked when it joined the room); the rest one by one.
+    if session.in_group(group) {
+        let page = SharedReads::after(gateway, session.org(), group, after, PAGE).await?;
+        for message in &page.messages {
+            delivered += usize::from(send(message)?);
+            cursor = cursor.max(message.seq);
+        }
+        if !page.has_more {
+            return Ok((delivered, cursor, false));
+        }
+    }
     loop {
         let page = gateway
             .admitted(
@@ -97,13 +118,8 @@ async fn send_missed(
             )
             .await?;
         for message in &page.data {
-            cursor = message.seq;
-            if session.gate_caught_up(group, message.seq) {
-                let payload =
-                    serde_json::value::to_raw_value(message).map_err(|e| DomainError::Internal(e.to_string()))?;
-                emit_one(gateway, socket.clone(), "newGroupMessage", &payload);
-                delivered += 1;
-            }
+            delivered += usize::from(send(message)?);
+            cursor = cursor.max(message.seq);
         }
         if !page.has_more {
             return Ok((delivered, cursor, false));

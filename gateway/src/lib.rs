@@ -15,6 +15,7 @@ mod reply;
 pub mod rooms;
 mod seeds;
 mod session;
+mod shared_reads;
 mod subscriptions;
 
 use std::{
@@ -75,6 +76,8 @@ pub struct Gateway {
     /// wait in line (up to [`ADMISSION_WAIT`]) instead of timing out on the pool, so a
     /// reconnect storm drains at the database's pace rather than failing and retrying.
     admission: tokio::sync::Semaphore,
+    /// Catch-up reads shared by the sockets syncing one group at the same time.
+    shared_reads: shared_reads::SharedReads,
 }
 
 /// Longest a handshake or catch-up waits for its turn at the database (below socket.io
@@ -171,6 +174,7 @@ pub fn build(
         io: std::sync::OnceLock::new(),
         // Half the pool: sends, joins and seeds keep the other half.
         admission: tokio::sync::Semaphore::new((store_connections / 2).max(1) as usize),
+        shared_reads: shared_reads::SharedReads::default(),
     });
     let (layer, io) = SocketIo::builder()
         .with_state(gateway.clone())

@@ -3,7 +3,7 @@
 
 use thiserror::Error;
 
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 pub enum DomainError {
     /// The request is malformed or breaks a limit (400).
     #[error("{0}")]

@@ -20,7 +20,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sea_orm::sqlx::{
@@ -35,6 +35,9 @@ use crate::{domain::model::Message, error::DomainError};
 /// halved the posts per commit and lost a third of the throughput (BENCHMARKS.md); several API
 /// pods still write side by side.
 const IN_FLIGHT: usize = 1;
+/// Longest a post waits for the connection, counted from when it asked, queueing included: the
+/// same 3 s after which any request gets 503, even when the batch before it waited too.
+const CONNECTION_WAIT: Duration = Duration::from_secs(3);
 /// Posts waiting for a slot before callers feel back-pressure.
 const QUEUE: usize = 4096;
 
@@ -52,6 +55,8 @@ pub(crate) enum BatchOutcome {
 struct Pending {
     message: Message,
     attachments: String,
+    /// When the post asked; it waits at most [`CONNECTION_WAIT`] from here for a connection.
+    queued: Instant,
     reply: oneshot::Sender<Result<BatchOutcome, DomainError>>,
 }
 
@@ -98,6 +103,9 @@ impl PostBatcher {
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(3))
             .idle_timeout(Duration::from_secs(300))
+            // No ping before each batch: a broken connection fails its batch with 503 and is
+            // replaced, as in the main pool.
+            .test_before_acquire(false)
             .connect_lazy_with(options);
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters = Arc::new(Counters::default());
@@ -128,6 +136,7 @@ impl PostBatcher {
         let pending = Pending {
             message: message.clone(),
             attachments,
+            queued: Instant::now(),
             reply,
         };
         if self.tx.send(pending).await.is_err() {
@@ -242,7 +251,30 @@ const BATCH_SQL: &str = "WITH input AS MATERIALIZED (
     RETURNING id, seq";
 
 async fn write(pool: &PgPool, batch: Vec<Pending>, counters: &Counters) {
-    let rows: Result<Vec<(uuid::Uuid, i64)>, sqlx::Error> = match batch.as_slice() {
+    let rows = match connection(pool, &batch).await {
+        Ok(mut conn) => run_statement(&mut conn, &batch).await,
+        Err(e) => Err(e),
+    };
+    finish(batch, rows, counters);
+}
+
+/// The connection, within the wait left to the batch's oldest post.
+async fn connection(
+    pool: &PgPool,
+    batch: &[Pending],
+) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
+    let oldest = batch.iter().map(|p| p.queued).min().unwrap_or_else(Instant::now);
+    match tokio::time::timeout_at((oldest + CONNECTION_WAIT).into(), pool.acquire()).await {
+        Ok(acquired) => acquired,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
+}
+
+async fn run_statement(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Pending],
+) -> Result<Vec<(uuid::Uuid, i64)>, sqlx::Error> {
+    match batch {
         [one] => {
             let m = &one.message;
             sqlx::query_as(SINGLE_SQL)
@@ -256,7 +288,7 @@ async fn write(pool: &PgPool, batch: Vec<Pending>, counters: &Counters) {
                 .bind(m.reply_to.map(|r| r.0))
                 .bind(m.client_message_id.as_deref())
                 .bind(m.created_at)
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await
         }
         many => {
@@ -276,10 +308,14 @@ async fn write(pool: &PgPool, batch: Vec<Pending>, counters: &Counters) {
                         .collect::<Vec<_>>(),
                 )
                 .bind(many.iter().map(|p| p.message.created_at).collect::<Vec<_>>())
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await
         }
-    };
+    }
+}
+
+/// Answers each post of the batch.
+fn finish(batch: Vec<Pending>, rows: Result<Vec<(uuid::Uuid, i64)>, sqlx::Error>, counters: &Counters) {
     let n = batch.len();
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.posts.fetch_add(n as u64, Ordering::Relaxed);
