@@ -31,11 +31,13 @@ pub struct Page {
 }
 
 type Reply = oneshot::Sender<Result<Arc<Page>, DomainError>>;
+/// The requests waiting for a group's next read: each one's `afterSeq` and where to answer.
+type Waiting = Vec<(i64, Reply)>;
 
 /// The waiting requests of each group being read.
 #[derive(Default)]
 pub struct SharedReads {
-    groups: std::sync::Mutex<HashMap<(OrgId, GroupId), Vec<(i64, Reply)>>>,
+    groups: std::sync::Mutex<HashMap<(OrgId, GroupId), Waiting>>,
 }
 
 impl SharedReads {
