@@ -86,8 +86,11 @@ impl Session {
         let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
         let cursor = cursors.entry(group).or_default();
         match cursor.catching_up_from {
+            // A running catch-up already sends everything after `from`.
             Some(from) if after >= from => {}
-            _ => cursor.sent = cursor.sent.min(after),
+            // The client has exactly up to `after`: what came before is not sent again (also
+            // a held live copy of `after` itself), everything after it is.
+            _ => cursor.sent = after,
         }
         cursor.catching_up_from = Some(cursor.catching_up_from.map_or(after, |from| from.min(after)));
         cursor.held.get_or_insert_with(Vec::new);
@@ -298,6 +301,22 @@ mod cursor_tests {
         // Once no catch-up runs, a new one from 5 re-sends after 5 (the client discarded them).
         s.begin_catch_up(g, 5);
         assert!(s.gate_caught_up(g, 6));
+    }
+
+    #[test]
+    fn a_new_socket_never_gets_what_its_sync_says_it_has() {
+        let s = session();
+        let g = GroupId::new_v7();
+        // The handshake syncs from 44; the live copy of 44 arrives during the catch-up, which
+        // finds nothing newer: 44 is not sent, 45 is.
+        s.begin_catch_up(g, 44);
+        assert!(matches!(s.gate_live(g, 44, &raw(44)), Gate::Skip));
+        assert!(matches!(s.gate_live(g, 45, &raw(45)), Gate::Skip));
+        assert!(!s.gate_caught_up(g, 44));
+        let released: Vec<String> = s.end_catch_up(g).iter().map(|p| p.get().to_owned()).collect();
+        assert_eq!(released, vec![raw(45).get().to_owned()]);
+        assert!(matches!(s.gate_live(g, 45, &raw(45)), Gate::Skip));
+        assert!(matches!(s.gate_live(g, 46, &raw(46)), Gate::Send));
     }
 
     #[test]
