@@ -221,21 +221,26 @@ async fn deleting_a_group_while_its_members_post_leaves_none_of_its_messages() {
     }
 }
 
+/// Foreign keys declared on `table`.
+async fn foreign_keys(server: &TestServer, table: &str) -> i64 {
+    let sql = format!(
+        "SELECT count(*) FROM information_schema.table_constraints \
+         WHERE table_name = '{table}' AND constraint_type = 'FOREIGN KEY'"
+    );
+    count_rows(server, &sql).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_have_no_foreign_key_to_groups_on_postgres() {
     let server = TestServer::start(Backend::Postgres).await;
-    let keys = count_rows(
-        &server,
-        "SELECT count(*) FROM information_schema.table_constraints \
-         WHERE table_name = 'messages' AND constraint_type = 'FOREIGN KEY'",
-    )
-    .await;
-    assert_eq!(keys, 0, "the migration drops messages_org_id_group_id_fkey");
-    let member_keys = count_rows(
-        &server,
-        "SELECT count(*) FROM information_schema.table_constraints \
-         WHERE table_name = 'group_members' AND constraint_type = 'FOREIGN KEY'",
-    )
-    .await;
-    assert_eq!(member_keys, 1, "group_members keeps its key");
+    assert_eq!(
+        foreign_keys(&server, "messages").await,
+        0,
+        "the migration drops messages_org_id_group_id_fkey"
+    );
+    assert_eq!(
+        foreign_keys(&server, "group_members").await,
+        1,
+        "group_members keeps its key"
+    );
 }
