@@ -469,23 +469,6 @@ pub fn pgbench_insert_ceiling(
     Ok(Some((tps, command)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_in_url() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "cc_bench_1").unwrap(),
-            "postgres://postgres@127.0.0.1:5432/cc_bench_1"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/x?sslmode=disable", "y").unwrap(),
-            "postgres://u:p@h/y?sslmode=disable"
-        );
-    }
-}
-
 /// The unlabelled samples whose names start with `prefix` on each server's `/metrics`, summed.
 async fn sum_counters(servers: &[&Server], prefix: &str) -> Vec<(String, f64)> {
     let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
@@ -506,4 +489,21 @@ async fn sum_counters(servers: &[&Server], prefix: &str) -> Vec<(String, f64)> {
         }
     }
     sums.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_in_url() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "cc_bench_1").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/cc_bench_1"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/x?sslmode=disable", "y").unwrap(),
+            "postgres://u:p@h/y?sslmode=disable"
+        );
+    }
 }
