@@ -55,7 +55,13 @@ pub async fn handshake(
         None | Some(Value::Null) => Vec::new(),
         Some(value) => catch_up::parse_groups(value).map_err(|e| Refused(format!("invalid sync: {e}")))?,
     };
-    let groups = gateway.admitted(gateway.service.my_group_ids(&caller)).await?;
+    // Concurrent handshakes share one query on Postgres (no need to wait for a turn at the
+    // database); elsewhere each one waits its turn.
+    let groups = if gateway.service.store().coalesces_lookups() {
+        gateway.service.my_group_ids(&caller).await?
+    } else {
+        gateway.admitted(gateway.service.my_group_ids(&caller)).await?
+    };
 
     let session = Arc::new(Session::new(caller, gateway.limits.socket_sends_per_second));
     session.add_groups(groups.iter().copied());

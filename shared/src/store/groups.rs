@@ -226,8 +226,12 @@ impl Store {
         Ok((out, total))
     }
 
-    /// Ids of every group the user belongs to (the socket auto-join), in one query.
+    /// Ids of every group the user belongs to (the socket auto-join), in one query (on Postgres
+    /// shared with the other look-ups asked at the same time, see `lookups.rs`).
     pub async fn group_ids_of(&self, org: &OrgId, email: &Email) -> Result<Vec<GroupId>, DomainError> {
+        if let Some(lookups) = &self.lookups {
+            return lookups.group_ids_of(org, email).await;
+        }
         let ids: Vec<Uuid> = group_members::Entity::find()
             .select_only()
             .column(group_members::Column::GroupId)

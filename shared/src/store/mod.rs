@@ -4,6 +4,7 @@
 mod batch;
 mod entity;
 mod groups;
+mod lookups;
 mod messages;
 pub mod migration;
 
@@ -30,6 +31,8 @@ pub struct Store {
     max_connections: u32,
     /// Group commit of members' posts (Postgres with a batch size above 1).
     batcher: Option<batch::PostBatcher>,
+    /// Coalesced "my groups" look-ups of socket handshakes (Postgres).
+    lookups: Option<lookups::MembershipLookups>,
 }
 
 /// Most posts stored by one statement and one commit, unless configured.
@@ -94,11 +97,14 @@ impl Store {
                     .foreign_keys(true)
             });
         let db = Database::connect(options).await?;
+        let lookups = (db.get_database_backend() == DbBackend::Postgres)
+            .then(|| lookups::MembershipLookups::start(db.get_postgres_connection_pool().clone()));
         Ok(Self {
             db,
             write_gate: is_sqlite.then(|| Arc::new(Mutex::new(()))),
             max_connections,
             batcher,
+            lookups,
         })
     }
 
@@ -132,6 +138,12 @@ impl Store {
     /// Group commit figures (all zero without group commit: SQLite, or a batch size of 1).
     pub fn batch_stats(&self) -> BatchStats {
         self.batcher.as_ref().map(|b| b.stats()).unwrap_or_default()
+    }
+
+    /// Whether concurrent [`Store::group_ids_of`] calls share queries (Postgres), so callers
+    /// need not ration them.
+    pub fn coalesces_lookups(&self) -> bool {
+        self.lookups.is_some()
     }
 
     /// Applies pending migrations.
