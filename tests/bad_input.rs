@@ -236,6 +236,7 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
         case("missing content", M::POST, &msgs, json(json!({ "contentType": "text" })), 400),
         case("empty content", M::POST, &msgs, json(json!({ "content": "" })), 400),
         case("whitespace content", M::POST, &msgs, json(json!({ "content": " \n " })), 400),
+        case("content with a NUL character", M::POST, &msgs, json(json!({ "content": "a\u{0}b" })), 400),
         case("content of 10,001 characters", M::POST, &msgs, json(json!({ "content": text(10_001) })), 400),
         case("unknown contentType", M::POST, &msgs, json(json!({ "content": "hi", "contentType": "video" })), 400),
         case("11 attachments", M::POST, &msgs, json(json!({ "content": "hi", "attachments": attachments(11) })), 400),

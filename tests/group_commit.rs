@@ -181,6 +181,42 @@ async fn one_client_message_id_sent_at_once_to_two_processes_is_stored_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_a_stored_send_are_replayed_without_failing_their_batch() {
+    let server = TestServer::start(Backend::Postgres).await;
+    let alice = server.user("o1", "alice@example.com");
+    let group = alice.create_group(json!({ "name": "retries" })).await;
+    let path = messages_path(&group);
+    let before = server.service.store().batch_stats();
+    for round in 0..5 {
+        // 5 sends of one clientMessageId at once (one is stored, the others are held back to
+        // later batches, where the stored one is found), among 15 other posts.
+        let client_id = format!("again-{round}");
+        let mut bodies: Vec<Value> = (0..5)
+            .map(|_| json!({ "content": "again", "clientMessageId": client_id }))
+            .collect();
+        bodies.extend((0..15).map(|i| json!({ "content": format!("r{round}-{i}") })));
+        let replies = join_all(bodies.iter().map(|b| alice.post(&path, b.clone()))).await;
+        let mut ids = BTreeSet::new();
+        for (body, reply) in bodies.iter().zip(replies) {
+            if body.get("clientMessageId").is_some() {
+                assert!(reply.status == StatusCode::CREATED || reply.status == StatusCode::OK);
+                ids.insert(reply.body["id"].as_str().expect("id").to_owned());
+            } else {
+                reply.expect(201);
+            }
+        }
+        assert_eq!(ids.len(), 1, "round {round}: one message for {client_id}");
+    }
+    assert_eq!(seqs(&alice, &group).await, (1..=80).collect::<Vec<_>>());
+    let after = server.service.store().batch_stats();
+    assert_eq!(
+        after.retried - before.retried,
+        0,
+        "a retry of a stored send is left out of its batch, not failing it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_group_while_its_members_post_leaves_none_of_its_messages() {
     let server = TestServer::start(Backend::Postgres).await;
     let alice = server.user("o1", "alice@example.com");

@@ -75,16 +75,55 @@ impl SharedReads {
     }
 }
 
+/// If the reading task ends without removing its entry (a panic, or a runtime shutting
+/// down), the entry goes and its waiters are answered, so later syncs of the group do not wait
+/// on a reader that is gone.
+struct Abandoned<'a> {
+    gateway: &'a Gateway,
+    key: &'a (OrgId, GroupId),
+    done: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let waiting = {
+            let mut groups = self
+                .gateway
+                .shared_reads
+                .groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            groups.remove(self.key).unwrap_or_default()
+        };
+        for (_, reply) in waiting {
+            let _ = reply.send(Err(DomainError::Internal("shared catch-up read abandoned".into())));
+        }
+    }
+}
+
 /// Reads the group for whoever is waiting, until nobody is.
 async fn read_while_asked(gateway: Arc<Gateway>, key: (OrgId, GroupId), page: u64) {
+    let mut guard = Abandoned {
+        gateway: &gateway,
+        key: &key,
+        done: false,
+    };
+    read_loop(&gateway, &key, page).await;
+    guard.done = true;
+}
+
+async fn read_loop(gateway: &Arc<Gateway>, key: &(OrgId, GroupId), page: u64) {
     loop {
         let waiting = {
             let mut groups = gateway.shared_reads.groups.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(entry) = groups.get_mut(&key) else {
+            let Some(entry) = groups.get_mut(key) else {
                 return;
             };
             if entry.is_empty() {
-                groups.remove(&key);
+                groups.remove(key);
                 return;
             }
             // Those taken now were all waiting before the read below starts; later ones wait

@@ -61,6 +61,10 @@ pub fn message(limits: &Limits, input: &PostMessage) -> Result<String, DomainErr
             limits.max_content_chars
         )));
     }
+    // Postgres text cannot hold NUL; refusing it here keeps it a 400 on both backends.
+    if input.content.contains('\0') {
+        return Err(DomainError::invalid("content must not contain NUL characters"));
+    }
     let content_type = input.content_type.as_deref().unwrap_or("text");
     if !limits.content_types.iter().any(|t| t == content_type) {
         return Err(DomainError::invalid(format!(

@@ -10,9 +10,11 @@
 //! order, so two batches cannot deadlock, and each group's row is written once per batch), and
 //! a batch commits or fails whole. A row that does not apply (not a member, bad `replyTo`) is
 //! left out and its caller takes the checked path. Two posts with the same `clientMessageId`
-//! never share a batch; when a batch fails for any other reason than a lost connection (e.g. a
-//! retry of one of its posts racing on another pod), its posts are retried one by one, which
-//! sorts out who was first.
+//! never share a batch, and a retry of a send already stored is left out of the statement (its
+//! caller answers the replay). When the server refuses a batch (e.g. a retry racing on another
+//! pod hits the unique index, or a group row stays locked past `lock_timeout`), its posts are
+//! retried one by one, which sorts out who was first. A lost connection, or a failure after
+//! which the outcome is unknown, answers 503.
 
 use std::{
     collections::HashSet,
@@ -38,6 +40,8 @@ const IN_FLIGHT: usize = 1;
 /// Longest a post waits for the connection, counted from when it asked, queueing included: the
 /// same 3 s after which any request gets 503, even when the batch before it waited too.
 const CONNECTION_WAIT: Duration = Duration::from_secs(3);
+/// Longest wait for a batch statement's answer; the server's own `statement_timeout` is 5 s.
+const STATEMENT_WAIT: Duration = Duration::from_secs(6);
 /// Posts waiting for a slot before callers feel back-pressure.
 const QUEUE: usize = 4096;
 
@@ -97,7 +101,14 @@ impl PostBatcher {
         let options: PgConnectOptions = url
             .parse::<PgConnectOptions>()
             .map_err(|e| DomainError::Unavailable(format!("DATABASE_URL: {e}")))?
-            .options([("plan_cache_mode", "force_generic_plan")]);
+            .options([
+                ("plan_cache_mode", "force_generic_plan"),
+                // A group row locked for long (a big group being deleted, a stuck session)
+                // must not stall every post of this process behind it: the batch fails after
+                // this and its posts go one by one on the pool, where only that group's wait.
+                ("lock_timeout", "500ms"),
+                ("statement_timeout", "5s"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(IN_FLIGHT as u32)
             .min_connections(0)
@@ -139,8 +150,14 @@ impl PostBatcher {
             queued: Instant::now(),
             reply,
         };
-        if self.tx.send(pending).await.is_err() {
-            return Ok(BatchOutcome::Retry);
+        match tokio::time::timeout(CONNECTION_WAIT, self.tx.send(pending)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Ok(BatchOutcome::Retry),
+            Err(_) => {
+                return Err(DomainError::Unavailable(
+                    "posts are queued beyond the wait for the database".into(),
+                ));
+            }
         }
         // A dropped sender means the task went away mid-batch: post on its own.
         answer.await.unwrap_or(Ok(BatchOutcome::Retry))
@@ -201,7 +218,8 @@ fn idempotency_key(message: &Message) -> Option<(String, uuid::Uuid, String, Str
     ))
 }
 
-/// A post on its own: membership, `replyTo`, the group's next seq and the insert. The
+/// A post on its own: membership, `replyTo`, not a stored `clientMessageId` (else nothing is
+/// written and the caller answers the replay), the group's next seq and the insert. The
 /// parameters are those of [`BATCH_SQL`], one value each. (`replyTo` is looked up by id alone:
 /// compared with the group inside the look-up, a generic plan may scan the group's messages.)
 pub(crate) const SINGLE_SQL: &str = "WITH member AS (
@@ -210,6 +228,8 @@ pub(crate) const SINGLE_SQL: &str = "WITH member AS (
         UPDATE groups SET last_seq = last_seq + 1
         WHERE org_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM member)
           AND ($8::uuid IS NULL OR (SELECT group_id FROM messages WHERE org_id = $1 AND id = $8) = $2)
+          AND ($9::text IS NULL OR NOT EXISTS (SELECT 1 FROM messages
+                WHERE org_id = $1 AND group_id = $2 AND sender = $3 AND client_message_id = $9))
         RETURNING last_seq
     )
     INSERT INTO messages (org_id, group_id, seq, id, sender, content, content_type, attachments,
@@ -238,6 +258,11 @@ const BATCH_SQL: &str = "WITH input AS MATERIALIZED (
                       WHERE m.org_id = i.org_id AND m.group_id = i.group_id AND m.email = i.sender)
           AND (i.reply_to IS NULL OR (SELECT r.group_id FROM messages r
                       WHERE r.org_id = i.org_id AND r.id = i.reply_to) = i.group_id)
+          -- A retry of a stored send is left out (its caller answers the replay), instead of
+          -- failing the batch on the unique index.
+          AND (i.client_message_id IS NULL OR NOT EXISTS (SELECT 1 FROM messages d
+                      WHERE d.org_id = i.org_id AND d.group_id = i.group_id AND d.sender = i.sender
+                        AND d.client_message_id = i.client_message_id))
     ), bumped AS (
         UPDATE groups g SET last_seq = c.top
         FROM (SELECT org_id, group_id, max(seq) AS top FROM ok GROUP BY org_id, group_id) c
@@ -252,7 +277,15 @@ const BATCH_SQL: &str = "WITH input AS MATERIALIZED (
 
 async fn write(pool: &PgPool, batch: Vec<Pending>, counters: &Counters) {
     let rows = match connection(pool, &batch).await {
-        Ok(mut conn) => run_statement(&mut conn, &batch).await,
+        Ok(mut conn) => match tokio::time::timeout(STATEMENT_WAIT, run_statement(&mut conn, &batch)).await {
+            Ok(rows) => rows,
+            Err(_) => {
+                // No answer (e.g. a silent network drop): the outcome is unknown, so 503 (a
+                // client retries with its clientMessageId), and the connection is not reused.
+                conn.close_on_drop();
+                Err(sqlx::Error::PoolTimedOut)
+            }
+        },
         Err(e) => Err(e),
     };
     finish(batch, rows, counters);
@@ -335,6 +368,17 @@ fn finish(batch: Vec<Pending>, rows: Result<Vec<(uuid::Uuid, i64)>, sqlx::Error>
                 let _ = p.reply.send(Err(DomainError::Unavailable(error.clone())));
             }
         }
+        // Not a database error: the statement may have committed before it failed (a decode or
+        // protocol error), so posting again could store twice. 503: clients retry with their
+        // clientMessageId.
+        Err(e) if !matches!(e, sqlx::Error::Database(_)) => {
+            tracing::warn!(error = %e, posts = n, "a post batch failed with an unknown outcome");
+            let error = format!("posting a batch: {e}");
+            for p in batch {
+                let _ = p.reply.send(Err(DomainError::Unavailable(error.clone())));
+            }
+        }
+        // The server refused the statement and rolled it back.
         Err(e) => {
             tracing::debug!(error = %e, posts = n, "a post batch failed: its posts go one by one");
             counters.retried.fetch_add(n as u64, Ordering::Relaxed);
