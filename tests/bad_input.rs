@@ -202,6 +202,8 @@ fn bad_input_cases(w: &World) -> Vec<Case> {
         case("name of 101 characters", M::POST, GROUPS, json(json!({ "name": text(101) })), 400),
         case("description of 1001 characters", M::POST, GROUPS,
             json(json!({ "name": "x", "description": text(1001) })), 400),
+        case("description with a NUL character", M::POST, GROUPS,
+            json(json!({ "name": "x", "description": "a\u{0}b" })), 400),
         case("invalid e-mail in members", M::POST, GROUPS,
             json(json!({ "name": "x", "members": [{ "email": "not-an-email", "role": "member" }] })), 400),
         case("member without e-mail", M::POST, GROUPS, json(json!({ "name": "x", "members": [{ "role": "member" }] })), 400),

@@ -35,6 +35,9 @@ pub fn description(limits: &Limits, raw: &str) -> Result<String, DomainError> {
             limits.max_description_chars
         )));
     }
+    if raw.contains('\0') {
+        return Err(DomainError::invalid("description must not contain NUL characters"));
+    }
     Ok(raw.trim().to_owned())
 }
 
