@@ -26,10 +26,11 @@ use std::{
 };
 
 use sea_orm::sqlx::{
-    self, PgPool,
+    self, PgPool, Postgres,
+    pool::PoolConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{domain::model::Message, error::DomainError};
 
@@ -164,14 +165,14 @@ impl PostBatcher {
     }
 }
 
-async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>, max_batch: usize, counters: Arc<Counters>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+async fn run(pool: PgPool, mut rx: mpsc::Receiver<Pending>, max_batch: usize, counters: Arc<Counters>) {
+    // The connection is kept from batch to batch: returned to the pool, sqlx would ping it
+    // each time (a round trip per batch). It is let go after a failure other than the
+    // server refusing a statement.
+    let mut conn: Option<PoolConnection<Postgres>> = None;
     // Posts set aside because a post with the same clientMessageId was in the batch before.
     let mut held: Vec<Pending> = Vec::new();
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let mut batch = Vec::with_capacity(max_batch.min(64));
         let mut keys = HashSet::new();
         let mut take = |pending: Pending, batch: &mut Vec<Pending>, held: &mut Vec<Pending>| {
@@ -200,11 +201,8 @@ async fn run(db: PgPool, mut rx: mpsc::Receiver<Pending>, max_batch: usize, coun
                 Err(_) => break,
             }
         }
-        let (db, counters) = (db.clone(), counters.clone());
-        tokio::spawn(async move {
-            write(&db, batch, &counters).await;
-            drop(slot);
-        });
+        // One batch at a time; what arrives meanwhile waits in the channel for the next.
+        write(&pool, &mut conn, batch, &counters).await;
     }
 }
 
@@ -275,19 +273,27 @@ const BATCH_SQL: &str = "WITH input AS MATERIALIZED (
     FROM ok
     RETURNING id, seq";
 
-async fn write(pool: &PgPool, batch: Vec<Pending>, counters: &Counters) {
-    let rows = match connection(pool, &batch).await {
-        Ok(mut conn) => match tokio::time::timeout(STATEMENT_WAIT, run_statement(&mut conn, &batch)).await {
-            Ok(rows) => rows,
-            Err(_) => {
-                // No answer (e.g. a silent network drop): the outcome is unknown, so 503 (a
-                // client retries with its clientMessageId), and the connection is not reused.
-                conn.close_on_drop();
-                Err(sqlx::Error::PoolTimedOut)
-            }
+async fn write(pool: &PgPool, kept: &mut Option<PoolConnection<Postgres>>, batch: Vec<Pending>, counters: &Counters) {
+    let conn = match kept {
+        Some(conn) => conn,
+        None => match connection(pool, &batch).await {
+            Ok(conn) => kept.insert(conn),
+            Err(e) => return finish(batch, Err(e), counters),
         },
-        Err(e) => Err(e),
     };
+    let rows = match tokio::time::timeout(STATEMENT_WAIT, run_statement(conn, &batch)).await {
+        Ok(rows) => rows,
+        // No answer (e.g. a silent network drop): the outcome is unknown, so 503 (a client
+        // retries with its clientMessageId).
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    };
+    // Only a statement the server refused leaves the connection in a known state.
+    if let Err(e) = &rows
+        && !matches!(e, sqlx::Error::Database(_))
+        && let Some(mut broken) = kept.take()
+    {
+        broken.close_on_drop();
+    }
     finish(batch, rows, counters);
 }
 
