@@ -223,6 +223,32 @@ impl CpuSnapshot {
     }
 }
 
+/// The unlabelled samples whose names start with `prefix` on each server's `/metrics`
+/// (`http://ADDR/metrics`), summed.
+pub async fn sum_counters(addrs: impl Iterator<Item = String>, prefix: &str) -> Vec<(String, f64)> {
+    let http = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+    {
+        Ok(h) => h,
+        Err(_) => return Vec::new(),
+    };
+    let mut sums: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for addr in addrs {
+        let Ok(response) = http.get(format!("http://{addr}/metrics")).send().await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else { continue };
+        for line in text.lines().filter(|l| l.starts_with(prefix)) {
+            let mut parts = line.split_whitespace();
+            if let (Some(name), Some(value)) = (parts.next(), parts.next().and_then(|v| v.parse::<f64>().ok())) {
+                *sums.entry(name.to_owned()).or_default() += value;
+            }
+        }
+    }
+    sums.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

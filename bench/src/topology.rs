@@ -305,12 +305,12 @@ impl Topology {
 
     /// The gateways' `gateway_*` counters from `/metrics`, summed over the live gateways.
     pub async fn gateway_counters(&self) -> Vec<(String, f64)> {
-        sum_counters(&self.gateways(), "gateway_").await
+        crate::stats::sum_counters(self.gateways().iter().map(|s| s.addr.to_string()), "gateway_").await
     }
 
     /// The API processes' group commit counters (`db_post_*`), summed.
     pub async fn post_batch_counters(&self) -> Vec<(String, f64)> {
-        sum_counters(&self.apis(), "db_post_").await
+        crate::stats::sum_counters(self.apis().iter().map(|s| s.addr.to_string()), "db_post_").await
     }
 
     /// `kill -9` one server (the storm).
@@ -467,28 +467,6 @@ pub fn pgbench_insert_ceiling(
         .and_then(|v| v.parse::<f64>().ok())
         .with_context(|| format!("no tps in pgbench output: {stdout}"))?;
     Ok(Some((tps, command)))
-}
-
-/// The unlabelled samples whose names start with `prefix` on each server's `/metrics`, summed.
-async fn sum_counters(servers: &[&Server], prefix: &str) -> Vec<(String, f64)> {
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
-        Ok(h) => h,
-        Err(_) => return Vec::new(),
-    };
-    let mut sums: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
-    for server in servers {
-        let Ok(response) = http.get(format!("http://{}/metrics", server.addr)).send().await else {
-            continue;
-        };
-        let Ok(text) = response.text().await else { continue };
-        for line in text.lines().filter(|l| l.starts_with(prefix)) {
-            let mut parts = line.split_whitespace();
-            if let (Some(name), Some(value)) = (parts.next(), parts.next().and_then(|v| v.parse::<f64>().ok())) {
-                *sums.entry(name.to_owned()).or_default() += value;
-            }
-        }
-    }
-    sums.into_iter().collect()
 }
 
 #[cfg(test)]

@@ -93,6 +93,18 @@ impl From<sea_orm::DbErr> for DomainError {
     }
 }
 
+impl From<sea_orm::SqlxError> for DomainError {
+    /// For queries run on sqlx directly (group commit, shared look-ups): a lost or unreachable
+    /// database is 503, anything else 500.
+    fn from(err: sea_orm::SqlxError) -> Self {
+        if is_connection_error(&err) {
+            Self::Unavailable(err.to_string())
+        } else {
+            Self::Internal(err.to_string())
+        }
+    }
+}
+
 pub(crate) fn is_connection_error(e: &sea_orm::SqlxError) -> bool {
     use sea_orm::SqlxError;
     matches!(

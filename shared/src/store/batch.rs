@@ -314,22 +314,10 @@ async fn run_statement(
     batch: &[Pending],
 ) -> Result<Vec<(uuid::Uuid, i64)>, sqlx::Error> {
     match batch {
-        [one] => {
-            let m = &one.message;
-            sqlx::query_as(SINGLE_SQL)
-                .bind(m.org_id.as_str())
-                .bind(m.group_id.0)
-                .bind(m.from.as_str())
-                .bind(m.id.0)
-                .bind(m.content.as_str())
-                .bind(m.content_type.as_str())
-                .bind(one.attachments.as_str())
-                .bind(m.reply_to.map(|r| r.0))
-                .bind(m.client_message_id.as_deref())
-                .bind(m.created_at)
-                .fetch_all(&mut *conn)
-                .await
-        }
+        [one] => Ok(insert_one(&mut *conn, &one.message, &one.attachments)
+            .await?
+            .map(|seq| vec![(one.message.id.0, seq)])
+            .unwrap_or_default()),
         many => {
             let column = |f: &dyn Fn(&Pending) -> &str| many.iter().map(f).collect::<Vec<_>>();
             sqlx::query_as(BATCH_SQL)
@@ -351,6 +339,28 @@ async fn run_statement(
                 .await
         }
     }
+}
+
+/// Runs [`SINGLE_SQL`] for one post: `Some(seq)` when stored, `None` when it did not apply.
+pub(crate) async fn insert_one<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    m: &Message,
+    attachments: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let row: Option<(uuid::Uuid, i64)> = sqlx::query_as(SINGLE_SQL)
+        .bind(m.org_id.as_str())
+        .bind(m.group_id.0)
+        .bind(m.from.as_str())
+        .bind(m.id.0)
+        .bind(m.content.as_str())
+        .bind(m.content_type.as_str())
+        .bind(attachments)
+        .bind(m.reply_to.map(|r| r.0))
+        .bind(m.client_message_id.as_deref())
+        .bind(m.created_at)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.map(|(_, seq)| seq))
 }
 
 /// Answers each post of the batch.

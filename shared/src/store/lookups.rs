@@ -96,11 +96,7 @@ async fn answer(pool: &PgPool, batch: Vec<(OrgId, Email, Reply)>) {
             }
         }
         Err(e) => {
-            let error = if crate::error::is_connection_error(&e) {
-                DomainError::Unavailable(format!("membership look-up: {e}"))
-            } else {
-                DomainError::Internal(format!("membership look-up: {e}"))
-            };
+            let error = DomainError::from(e);
             for (_, _, reply) in batch {
                 let _ = reply.send(Err(error.clone()));
             }

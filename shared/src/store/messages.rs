@@ -1,8 +1,8 @@
 //! Message queries: the seq-allocating insert and the history reads.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, Statement, sea_query::Expr, sea_query::ExprTrait,
+    ActiveValue::Set, ColumnTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    sea_query::Expr, sea_query::ExprTrait,
 };
 
 use super::{
@@ -97,30 +97,12 @@ impl Store {
 
         let attachments = serde_json::to_string(&message.attachments)
             .map_err(|e| DomainError::Internal(format!("attachments: {e}")))?;
-        let statement = Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            super::batch::SINGLE_SQL,
-            [
-                message.org_id.as_str().into(),
-                message.group_id.0.into(),
-                message.from.as_str().into(),
-                message.id.0.into(),
-                message.content.as_str().into(),
-                message.content_type.as_str().into(),
-                attachments.into(),
-                message.reply_to.map(|r| r.0).into(),
-                message.client_message_id.clone().into(),
-                message.created_at.into(),
-            ],
-        );
-        match self.db.query_one_raw(statement).await {
-            Ok(Some(row)) => {
-                let seq: i64 = row.try_get("", "seq")?;
-                Ok(Some(InsertOutcome::Stored(Message { seq, ..message.clone() })))
-            }
+        let pool = self.db.get_postgres_connection_pool();
+        match super::batch::insert_one(pool, message, &attachments).await {
+            Ok(Some(seq)) => Ok(Some(InsertOutcome::Stored(Message { seq, ..message.clone() }))),
             Ok(None) => Ok(None),
             // The same clientMessageId is stored already (a retry, or a racing one).
-            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+            Err(e) if e.as_database_error().is_some_and(|d| d.is_unique_violation()) => {
                 let client_id = message.client_message_id.as_deref();
                 (self
                     .replayed(&message.org_id, message.group_id, &message.from, client_id)
