@@ -198,36 +198,35 @@ async fn start_http(
 
 /// The database pool's gauges and the group commit counters on `/metrics`.
 fn register_pool_metrics(metrics: &Metrics, store: Store) {
-    metrics.add_source(move |out| {
-        use std::fmt::Write;
+    metrics.add_source(move |text| {
         let pool = store.pool_stats();
-        let _ = writeln!(
-            out,
-            "# HELP db_pool_connections Database connections of this process's pool, by state.\n\
-             # TYPE db_pool_connections gauge\n\
-             db_pool_connections{{state=\"in_use\"}} {}\n\
-             db_pool_connections{{state=\"idle\"}} {}\n\
-             # HELP db_pool_max_connections Most connections the pool opens (DATABASE_MAX_CONNECTIONS).\n\
-             # TYPE db_pool_max_connections gauge\n\
-             db_pool_max_connections {}",
-            pool.open.saturating_sub(pool.idle),
-            pool.idle,
-            pool.max
-        );
+        text.gauge(
+            "db_pool_connections",
+            "Database connections of this process's pool, by state.",
+        )
+        .sample(&[("state", "in_use")], pool.open.saturating_sub(pool.idle))
+        .sample(&[("state", "idle")], pool.idle);
+        text.gauge(
+            "db_pool_max_connections",
+            "Most connections the pool opens (DATABASE_MAX_CONNECTIONS).",
+        )
+        .sample(&[], pool.max);
         let batches = store.batch_stats();
-        let _ = writeln!(
-            out,
-            "# HELP db_post_batches_total Statements that stored members' posts together, one commit each (group commit, Postgres).\n\
-             # TYPE db_post_batches_total counter\n\
-             db_post_batches_total {}\n\
-             # HELP db_post_batch_posts_total Posts those statements carried; divided by db_post_batches_total, the mean batch size.\n\
-             # TYPE db_post_batch_posts_total counter\n\
-             db_post_batch_posts_total {}\n\
-             # HELP db_post_batch_retries_total Posts of failed batches, posted again on their own.\n\
-             # TYPE db_post_batch_retries_total counter\n\
-             db_post_batch_retries_total {}",
-            batches.batches, batches.posts, batches.retried
-        );
+        text.counter(
+            "db_post_batches_total",
+            "Statements that stored members' posts together, one commit each (group commit, Postgres).",
+        )
+        .sample(&[], batches.batches);
+        text.counter(
+            "db_post_batch_posts_total",
+            "Posts those statements carried; divided by db_post_batches_total, the mean batch size.",
+        )
+        .sample(&[], batches.posts);
+        text.counter(
+            "db_post_batch_retries_total",
+            "Posts of failed batches, posted again on their own.",
+        )
+        .sample(&[], batches.retried);
     });
 }
 

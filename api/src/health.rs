@@ -34,8 +34,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let service = &state.service;
     let timeout = std::time::Duration::from_secs(2);
     let (db, bus) = tokio::join!(
-        tokio::time::timeout(timeout, service.store().ping()),
-        tokio::time::timeout(timeout, service.bus().ping())
+        tokio::time::timeout(timeout, service.ping_store()),
+        tokio::time::timeout(timeout, service.ping_bus())
     );
     let describe = |r: Result<Result<(), community_chat_shared::error::DomainError>, _>| match r {
         Ok(Ok(())) => "ok".to_owned(),

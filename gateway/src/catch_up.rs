@@ -10,7 +10,7 @@ use community_chat_shared::{domain::model::HistoryCursor, error::DomainError, id
 use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 
-use crate::{Gateway, fanout::emit_one, session::Session, shared_reads::SharedReads};
+use crate::{Gateway, emit::emit_one, session::Session, shared_reads::SharedReads};
 
 /// Most groups in one sync request.
 pub const MAX_GROUPS: usize = 500;
@@ -97,10 +97,11 @@ async fn send_missed(
         emit_one(gateway, socket.clone(), "newGroupMessage", &payload);
         Ok(true)
     };
-    // A member's first page comes from a read shared with the other sockets syncing this group
-    // now (its membership was checked when it joined the room); the rest one by one.
-    if session.in_group(group) {
-        let page = SharedReads::after(gateway, session.org(), group, after, PAGE).await?;
+    // A socket in the group's room gets its first page from a read shared with the other
+    // sockets syncing this group now; the rest, and everything for a socket not in the room,
+    // through the domain's history, which checks the caller.
+    if let Some(member) = session.in_room(group) {
+        let page = SharedReads::after(gateway, member, after, PAGE).await?;
         for message in &page.messages {
             delivered += usize::from(send(message)?);
             cursor = cursor.max(message.seq);

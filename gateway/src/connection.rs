@@ -57,7 +57,7 @@ pub async fn handshake(
     };
     // Concurrent handshakes share one query on Postgres (no need to wait for a turn at the
     // database); elsewhere each one waits its turn.
-    let groups = if gateway.service.store().coalesces_lookups() {
+    let groups = if gateway.service.coalesces_group_lookups() {
         gateway.service.my_group_ids(&caller).await?
     } else {
         gateway.admitted(gateway.service.my_group_ids(&caller)).await?

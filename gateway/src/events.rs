@@ -4,19 +4,14 @@ use std::{sync::Arc, time::Duration};
 
 use tracing::Instrument;
 
-use community_chat_shared::{
-    bus::{Envelope, Event, Topic},
-    domain::model::PostMessage,
-    error::DomainError,
-    ids::GroupId,
-};
+use community_chat_shared::{domain::model::PostMessage, error::DomainError, ids::GroupId};
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, Event as EventName, SocketRef, State, TryData};
 
 use crate::{
     Gateway, catch_up,
     reply::{WantsAck, answer},
-    rooms,
+    room_membership,
     session::Session,
 };
 
@@ -95,13 +90,7 @@ async fn join_group(
         let session = session(&socket)?;
         let (_, group) = object_with_group(payload)?;
         gateway.service.require_member(&session.caller, group).await?;
-        if !session.add_groups([group]).is_empty() {
-            socket.join(rooms::group(session.org(), group));
-            gateway
-                .subscriptions
-                .acquire(vec![Topic::group(session.org(), group)])
-                .await;
-        }
+        room_membership::join(&gateway, &socket, &session, group).await;
         Ok(json!({ "groupId": group }))
     }
     .await;
@@ -118,13 +107,7 @@ async fn leave_group(
     let result = async {
         let session = session(&socket)?;
         let (_, group) = object_with_group(payload)?;
-        if session.remove_group(group) {
-            socket.leave(rooms::group(session.org(), group));
-            gateway
-                .subscriptions
-                .release(vec![Topic::group(session.org(), group)])
-                .await;
-        }
+        room_membership::leave(&gateway, &socket, &session, group).await;
         Ok(json!({ "groupId": group }))
     }
     .await;
@@ -152,15 +135,7 @@ async fn group_typing(
         let throttle = Duration::from_millis(gateway.limits.typing_throttle_ms);
         let relayed = session.should_relay_typing(group, typing, throttle);
         if relayed {
-            let envelope = Envelope::new(
-                Topic::group(session.org(), group),
-                Event::GroupTyping {
-                    group_id: group,
-                    from: session.caller.email.clone(),
-                    typing,
-                },
-            );
-            gateway.service.bus().publish(envelope).await?;
+            gateway.service.publish_typing(&session.caller, group, typing).await?;
         }
         Ok(json!({ "groupId": group, "relayed": relayed }))
     }

@@ -1,15 +1,17 @@
 //! Fan-out: every envelope the bus delivers goes to the local sockets that should see it,
-//! and only to them. Messages of a group leave in seq order with no gap: one that arrives
-//! early (two API pods racing) is held briefly, and what is missing is fetched from the store.
+//! and only to them. Messages of a group leave in seq order with no gap; the order itself is
+//! [`crate::sequencer`]'s, and this task is its shell: it feeds each group's [`Sequencer`] the
+//! deliveries, the store's answers and the time, and sends what comes out.
 //!
 //! Each group's ordering starts from the group's `last_seq` read just before the gateway
-//! subscribes to it ([`crate::seeds::Seeds`]) and ends when it unsubscribes; so the first message a gateway
-//! sees of a group is never taken as the start of the sequence. After the bus reconnects (or
-//! the fan-out fell behind it), the tail of every group is read again and what the bus missed
-//! is fetched from the store.
+//! subscribes to it ([`Control::Seed`]) and ends when it unsubscribes ([`Control::Forget`]);
+//! so the first message a gateway sees of a group is never taken as the start of the sequence.
+//! After the bus reconnects (or the fan-out fell behind it), the tail of every group is read
+//! again and what the bus missed is fetched from the store ([`Control::Tails`]). Membership
+//! events move sockets between rooms ([`crate::room_membership`]).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
@@ -19,55 +21,25 @@ use tracing::Instrument;
 use community_chat_shared::{
     bus::{Envelope, Event, Target, Topic},
     domain::model::Message,
+    error::DomainError,
     telemetry,
 };
 use serde_json::value::RawValue;
-use socketioxide::{SendError, SocketError, extract::SocketRef};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::{
-    Gateway, rooms,
-    seeds::{Control, GroupKey, read_tails},
-    session::{Gate, Session},
+    Gateway,
+    control::{Control, GroupKey, read_tails},
+    emit::{emit_one, emit_to_room, session_of},
+    room_membership, rooms,
+    sequencer::{Gap, Released, Sequencer},
+    session::Gate,
 };
-
-/// Most messages held per group while waiting for a missing seq.
-const MAX_HELD: usize = 1_000;
-/// Largest gap fetched from the store and sent to the room. A larger one is skipped: the
-/// sockets see the jump in seq and catch up themselves (`syncGroups`), paced by their own acks,
-/// instead of a burst that would overflow their queues.
-const MAX_GAP_FILL: i64 = 100;
-
-/// Per-group ordering state, from subscribe to unsubscribe.
-struct Sequencer {
-    /// Last seq sent to the room.
-    last: i64,
-    /// Highest seq known to be committed (from the store's tail), to fetch up to.
-    tail: i64,
-    /// Messages that arrived ahead of `last + 1`.
-    held: BTreeMap<i64, Message>,
-    /// When the oldest held message arrived.
-    held_since: Option<Instant>,
-    /// A store fetch for the gap is under way.
-    fetching: bool,
-}
-
-impl Sequencer {
-    fn starting_after(last: i64) -> Self {
-        Self {
-            last,
-            tail: last,
-            held: BTreeMap::new(),
-            held_since: None,
-            fetching: false,
-        }
-    }
-}
 
 /// The result of a gap fetch, back to the fan-out task.
 struct Filled {
     key: GroupKey,
-    messages: Result<Vec<Message>, String>,
+    messages: Result<Vec<Message>, DomainError>,
 }
 
 pub(crate) async fn run(
@@ -77,8 +49,7 @@ pub(crate) async fn run(
     reconnections: Option<broadcast::Receiver<()>>,
 ) {
     let (fill_tx, mut fill_rx) = mpsc::channel::<Filled>(1024);
-    let (tails_tx, tails_rx) = mpsc::unbounded_channel::<Control>();
-    let mut tails_rx = tails_rx;
+    let (tails_tx, mut tails_rx) = mpsc::unbounded_channel::<Control>();
     let mut sequencers: HashMap<GroupKey, Sequencer> = HashMap::new();
     let gap_delay = Duration::from_millis(gateway.limits.gap_fill_delay_ms);
     let mut tick = tokio::time::interval(Duration::from_millis(
@@ -105,8 +76,12 @@ pub(crate) async fn run(
             Some(message) = control.recv() => apply_control(&gateway, &mut sequencers, message, &fill_tx),
             Some(message) = tails_rx.recv() => apply_control(&gateway, &mut sequencers, message, &fill_tx),
             Some(filled) = fill_rx.recv() => {
-                if let Some(state) = sequencers.get_mut(&filled.key) {
-                    apply_fill(&gateway, &filled.key, state, filled.messages);
+                if let Some(sequencer) = sequencers.get_mut(&filled.key) {
+                    let fetched = filled.messages.map_err(|e| {
+                        tracing::warn!(error = %e, "gap fill from the store failed; clients catch up by seq");
+                    });
+                    let released = sequencer.apply_fill(fetched.ok(), Instant::now());
+                    send_released(&gateway, &filled.key, released);
                 }
             }
             received = deliveries.recv() => match received {
@@ -134,15 +109,11 @@ pub(crate) async fn run(
             },
             _ = tick.tick() => {
                 let now = Instant::now();
-                let held: usize = sequencers.values().map(|s| s.held.len()).sum();
+                let held: usize = sequencers.values().map(Sequencer::held).sum();
                 gateway.metrics.held_messages.store(held as i64, Ordering::Relaxed);
-                for (key, state) in sequencers.iter_mut() {
-                    let waited = state.held_since.is_some_and(|t| now.duration_since(t) >= gap_delay);
-                    // A known tail not reached yet (a fill stopped at a held message that was
-                    // then released): fetch the rest.
-                    let behind_tail = state.held.is_empty() && state.tail > state.last;
-                    if !state.fetching && (waited || behind_tail || state.held.len() >= MAX_HELD) {
-                        start_fill(&gateway, key.clone(), state, fill_tx.clone());
+                for (key, sequencer) in sequencers.iter_mut() {
+                    if sequencer.fill_due(now, gap_delay) {
+                        fill_gap(&gateway, key, sequencer, &fill_tx);
                     }
                 }
             }
@@ -152,7 +123,7 @@ pub(crate) async fn run(
 }
 
 fn apply_control(
-    gateway: &Arc<Gateway>,
+    gateway: &Gateway,
     sequencers: &mut HashMap<GroupKey, Sequencer>,
     message: Control,
     fill_tx: &mpsc::Sender<Filled>,
@@ -161,14 +132,10 @@ fn apply_control(
         Control::Seed(seeds) => {
             for (key, seq) in seeds {
                 match sequencers.get_mut(&key) {
-                    // Started by a message before the seed came (the store read failed
-                    // earlier, or a stray delivery): the seed only moves it forward.
-                    Some(state) if state.last < seq => {
-                        state.last = seq;
-                        state.tail = state.tail.max(seq);
-                        release_held(gateway, &key, state);
+                    Some(sequencer) => {
+                        let released = sequencer.seeded(seq, Instant::now());
+                        send_released(gateway, &key, released);
                     }
-                    Some(_) => {}
                     None => {
                         sequencers.insert(key, Sequencer::starting_after(seq));
                     }
@@ -182,13 +149,10 @@ fn apply_control(
         }
         Control::Tails(tails) => {
             for (key, seq) in tails {
-                if let Some(state) = sequencers.get_mut(&key)
-                    && seq > state.last
+                if let Some(sequencer) = sequencers.get_mut(&key)
+                    && sequencer.tail_read(seq)
                 {
-                    state.tail = state.tail.max(seq);
-                    if !state.fetching {
-                        start_fill(gateway, key, state, fill_tx.clone());
-                    }
+                    fill_gap(gateway, &key, sequencer, fill_tx);
                 }
             }
         }
@@ -202,22 +166,22 @@ fn refresh_tails(gateway: &Gateway, sequencers: &HashMap<GroupKey, Sequencer>, t
         return;
     }
     let keys: Vec<GroupKey> = sequencers.keys().cloned().collect();
-    let store = gateway.service.store().clone();
+    let log = gateway.message_log.clone();
     let tails = tails.clone();
     tokio::spawn(async move {
-        let read = read_tails(&store, keys.into_iter()).await;
+        let read = read_tails(&log, keys.into_iter()).await;
         if tails.send(Control::Tails(read)).is_err() {
             tracing::debug!("fan-out ended before the tails were read");
         }
     });
 }
 
-async fn dispatch(gateway: &Arc<Gateway>, sequencers: &mut HashMap<GroupKey, Sequencer>, envelope: &Envelope) {
+async fn dispatch(gateway: &Gateway, sequencers: &mut HashMap<GroupKey, Sequencer>, envelope: &Envelope) {
     let Topic { org, target } = &envelope.topic;
     match (target, &envelope.event) {
         (Target::Group(group), Event::NewGroupMessage(message)) => {
             let key = (org.clone(), *group);
-            let state = match sequencers.entry(key.clone()) {
+            let sequencer = match sequencers.entry(key.clone()) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
                     // Not subscribed by this gateway (the in-process bus delivers everything),
@@ -229,72 +193,25 @@ async fn dispatch(gateway: &Arc<Gateway>, sequencers: &mut HashMap<GroupKey, Seq
                     e.insert(Sequencer::starting_after(message.seq - 1))
                 }
             };
-            if message.seq <= state.last {
-                gateway.metrics.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
-            } else if message.seq == state.last + 1 {
-                send_message(gateway, &key, message);
-                state.last = message.seq;
-                release_held(gateway, &key, state);
-            } else {
-                state.held.insert(message.seq, message.clone());
-                state.held_since.get_or_insert_with(Instant::now);
-            }
+            let released = sequencer.accept(message.clone(), Instant::now());
+            send_released(gateway, &key, released);
         }
         (Target::Group(group), Event::GroupTyping { from, .. }) => {
             let room = rooms::group(org, *group);
             emit_to_room(gateway, &room, &envelope.event, |s| s.caller.email != *from);
         }
         (Target::Group(group), Event::GroupDeleted { .. }) => {
-            let room = rooms::group(org, *group);
-            emit_to_room(gateway, &room, &envelope.event, |_| true);
-            let sockets = gateway.namespace_sockets(&room);
-            let mut released = 0;
-            for socket in sockets {
-                socket.leave(room.clone());
-                if let Some(session) = session_of(&socket) {
-                    session.forget_cursor(*group);
-                    if session.remove_group(*group) {
-                        released += 1;
-                    }
-                }
-            }
-            release_times(gateway, Topic::group(org, *group), released).await;
+            room_membership::group_deleted(gateway, org, *group, &envelope.event).await;
             sequencers.remove(&(org.clone(), *group));
         }
         (Target::Group(group), _) => {
             emit_to_room(gateway, &rooms::group(org, *group), &envelope.event, |_| true);
         }
         (Target::User(email), Event::AddedToGroup { group }) => {
-            let user_room = rooms::user(org, email);
-            let group_room = rooms::group(org, group.id);
-            let mut joined = 0;
-            for socket in gateway.namespace_sockets(&user_room) {
-                if session_of(&socket).is_some_and(|s| !s.add_groups([group.id]).is_empty()) {
-                    socket.join(group_room.clone());
-                    joined += 1;
-                }
-            }
-            if joined > 0 {
-                let topics = vec![Topic::group(org, group.id); joined];
-                gateway.subscriptions.acquire(topics).await;
-            }
-            emit_to_room(gateway, &user_room, &envelope.event, |_| true);
+            room_membership::added_to_group(gateway, org, email, group.id, &envelope.event).await;
         }
         (Target::User(email), Event::RemovedFromGroup { group_id }) => {
-            let user_room = rooms::user(org, email);
-            let group_room = rooms::group(org, *group_id);
-            let mut left = 0;
-            for socket in gateway.namespace_sockets(&user_room) {
-                socket.leave(group_room.clone());
-                if let Some(session) = session_of(&socket) {
-                    session.forget_cursor(*group_id);
-                    if session.remove_group(*group_id) {
-                        left += 1;
-                    }
-                }
-            }
-            release_times(gateway, Topic::group(org, *group_id), left).await;
-            emit_to_room(gateway, &user_room, &envelope.event, |_| true);
+            room_membership::removed_from_group(gateway, org, email, *group_id, &envelope.event).await;
         }
         (Target::User(email), _) => {
             emit_to_room(gateway, &rooms::user(org, email), &envelope.event, |_| true);
@@ -302,14 +219,39 @@ async fn dispatch(gateway: &Arc<Gateway>, sequencers: &mut HashMap<GroupKey, Seq
     }
 }
 
-async fn release_times(gateway: &Gateway, topic: Topic, times: usize) {
-    if times > 0 {
-        gateway.subscriptions.release(vec![topic; times]).await;
+/// Starts a store fetch of the group's gap in the background (its answer comes back as
+/// [`Filled`]), or sends what settling the gap released.
+fn fill_gap(gateway: &Gateway, key: &GroupKey, sequencer: &mut Sequencer, results: &mpsc::Sender<Filled>) {
+    match sequencer.gap_to_fill(Instant::now()) {
+        Gap::Settled(released) => send_released(gateway, key, released),
+        Gap::Fetch { after, count } => {
+            gateway.metrics.gap_fills.fetch_add(1, Ordering::Relaxed);
+            let (log, key, results) = (gateway.message_log.clone(), key.clone(), results.clone());
+            tokio::spawn(async move {
+                let messages = log.messages_after(&key.0, key.1, after, count).await;
+                if results.send(Filled { key, messages }).await.is_err() {
+                    tracing::debug!("fan-out ended before a gap fill returned");
+                }
+            });
+        }
     }
 }
 
-pub(crate) fn session_of(socket: &SocketRef) -> Option<Arc<Session>> {
-    socket.extensions.get::<Arc<Session>>()
+/// Sends what a sequencer let out, and counts what it dropped or skipped.
+fn send_released(gateway: &Gateway, key: &GroupKey, released: Released) {
+    if released.duplicates > 0 {
+        gateway
+            .metrics
+            .duplicates_dropped
+            .fetch_add(released.duplicates, Ordering::Relaxed);
+    }
+    if let Some(missing) = released.skipped {
+        gateway.metrics.gaps_skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(group = %key.1, missing, "gap given up on; clients catch up by seq");
+    }
+    for message in &released.messages {
+        send_message(gateway, key, message);
+    }
 }
 
 /// Sends a message to its room: each socket gets it once, in seq order, after any catch-up of
@@ -334,156 +276,4 @@ fn send_message(gateway: &Gateway, key: &GroupKey, message: &Message) {
     let age = (chrono::Utc::now() - message.created_at).to_std().unwrap_or_default();
     gateway.metrics.fanout_latency.observe(age);
     gateway.metrics.fanout_messages.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Sends held messages that are now in order.
-fn release_held(gateway: &Gateway, key: &GroupKey, state: &mut Sequencer) {
-    while let Some(entry) = state.held.first_entry() {
-        let seq = *entry.key();
-        if seq <= state.last {
-            entry.remove();
-            gateway.metrics.duplicates_dropped.fetch_add(1, Ordering::Relaxed);
-        } else if seq == state.last + 1 {
-            let message = entry.remove();
-            send_message(gateway, key, &message);
-            state.last = seq;
-        } else {
-            break;
-        }
-    }
-    state.held_since = if state.held.is_empty() {
-        None
-    } else {
-        Some(Instant::now())
-    };
-}
-
-/// Fetches what is missing between the last seq sent and the first held message (or the known
-/// tail). A gap over [`MAX_GAP_FILL`] is skipped instead: clients see it and catch up.
-fn start_fill(gateway: &Arc<Gateway>, key: GroupKey, state: &mut Sequencer, results: mpsc::Sender<Filled>) {
-    let target = match state.held.keys().next() {
-        Some(first_held) => *first_held,
-        None => state.tail + 1,
-    };
-    let missing = target - state.last - 1;
-    if missing <= 0 {
-        release_held(gateway, &key, state);
-        return;
-    }
-    if missing > MAX_GAP_FILL {
-        gateway.metrics.gaps_skipped.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(group = %key.1, missing, "gap too large to fill; clients catch up by seq");
-        state.last = target - 1;
-        release_held(gateway, &key, state);
-        return;
-    }
-    state.fetching = true;
-    let after = state.last;
-    let store = gateway.service.store().clone();
-    gateway.metrics.gap_fills.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(async move {
-        let messages = store
-            .messages_after(&key.0, key.1, after, missing as u64)
-            .await
-            .map_err(|e| e.to_string());
-        if results.send(Filled { key, messages }).await.is_err() {
-            tracing::debug!("fan-out ended before a gap fill returned");
-        }
-    });
-}
-
-fn apply_fill(gateway: &Gateway, key: &GroupKey, state: &mut Sequencer, fetched: Result<Vec<Message>, String>) {
-    state.fetching = false;
-    match fetched {
-        Ok(messages) => {
-            let before = state.last;
-            for message in messages {
-                if message.seq == state.last + 1 {
-                    send_message(gateway, key, &message);
-                    state.last = message.seq;
-                }
-            }
-            if state.last == before {
-                // The store had nothing after `last`: the tail read was ahead of it; stop.
-                state.tail = state.last;
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "gap fill from the store failed; clients catch up by seq");
-            // Not retried on a timer while the store fails: the next message retries.
-            state.tail = state.last;
-        }
-    }
-    // Whatever is still missing cannot be waited for forever: skip ahead; clients see the
-    // gap in seq and catch up themselves.
-    if let Some(first) = state.held.keys().next().copied()
-        && first > state.last + 1
-    {
-        gateway.metrics.gaps_skipped.fetch_add(1, Ordering::Relaxed);
-        state.last = first - 1;
-    }
-    release_held(gateway, key, state);
-}
-
-/// Serialises the event once and emits it to each local socket of `room` that `include`
-/// accepts. A socket whose queue is full is a slow client: it is disconnected.
-fn emit_to_room(gateway: &Gateway, room: &str, event: &Event, include: impl Fn(&Session) -> bool) {
-    let sockets = gateway.namespace_sockets(room);
-    if sockets.is_empty() {
-        return;
-    }
-    let payload = match event_payload(event) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serialise an event");
-            return;
-        }
-    };
-    let name = event.name();
-    for socket in sockets {
-        if session_of(&socket).is_some_and(|s| include(&s)) {
-            emit_one(gateway, socket, name, &payload);
-        }
-    }
-}
-
-/// Emits to one socket; a full queue marks a slow client, which is disconnected.
-pub(crate) fn emit_one(gateway: &Gateway, socket: SocketRef, name: &str, payload: &RawValue) {
-    match socket.emit(name, payload) {
-        Ok(()) => {
-            gateway.metrics.events_out.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(SendError::Socket(SocketError::InternalChannelFull)) => disconnect_slow_client(gateway, socket),
-        Err(e) => tracing::debug!(error = %e, "emit to a closing socket failed"),
-    }
-}
-
-/// The event's data as raw JSON, serialised once for the whole room.
-fn event_payload(event: &Event) -> Result<Box<RawValue>, serde_json::Error> {
-    match event {
-        Event::NewGroupMessage(message) => serde_json::value::to_raw_value(message),
-        other => {
-            let value = serde_json::to_value(other)?;
-            serde_json::value::to_raw_value(&value["data"])
-        }
-    }
-}
-
-/// The client's queue is full: it cannot keep up, and memory must stay bounded. It is told to
-/// go (it reconnects and catches up by seq); the disconnect packet itself needs queue room, so
-/// it is retried for a few seconds, after which the ping timeout closes the connection anyway.
-fn disconnect_slow_client(gateway: &Gateway, socket: SocketRef) {
-    gateway
-        .metrics
-        .slow_clients_disconnected
-        .fetch_add(1, Ordering::Relaxed);
-    tracing::info!(sid = %socket.id, "disconnecting a slow client (queue full)");
-    tokio::spawn(async move {
-        for _ in 0..50 {
-            match socket.clone().disconnect() {
-                Err(SocketError::InternalChannelFull) => tokio::time::sleep(Duration::from_millis(100)).await,
-                _ => return,
-            }
-        }
-    });
 }

@@ -1,25 +1,36 @@
 //! The socket.io tier: the `/community-chat` namespace (socketioxide), fed by the event bus.
+//! It reaches the domain through `ChatService`'s operations and two narrow capabilities:
+//! `MessageLog` (committed messages by seq) and `EventFeed` (the receiving side of the bus).
 //!
 //! - [`connection`]: the handshake (auth, auto-join, subscribe) and disconnect.
-//! - [`events`]: `sendGroupMessage`, `joinGroup`, `leaveGroup`, `groupTyping`.
-//! - [`fanout`]: bus envelopes to local sockets, in seq order.
-//! - [`subscriptions`]: reference-counted bus subscriptions; [`seeds`]: where each group's
-//!   ordering starts.
-//! - [`session`], [`reply`], [`rooms`]: per-socket state, answers, room names.
+//! - [`events`]: `sendGroupMessage`, `joinGroup`, `leaveGroup`, `groupTyping`, `syncGroups`.
+//! - [`catch_up`], [`shared_reads`]: what a socket missed, from reads shared per group.
+//! - [`fanout`]: bus envelopes to local sockets, the async shell around [`sequencer`], which
+//!   orders each group's messages by seq (hold, fill, drop, skip) with no I/O.
+//! - [`room_membership`]: which group rooms each socket is in, and the subscriptions that go
+//!   with them.
+//! - [`subscriptions`]: reference-counted bus subscriptions. It tells the fan-out where each
+//!   group's ordering starts through [`control`] (`GroupKey`, `Control`), which neither owns.
+//! - [`session`], [`emit`], [`reply`], [`rooms`]: per-socket state, emits, answers, room names.
+//!
+//! Dependencies run one way: `fanout` uses `room_membership`, which uses `subscriptions`, and
+//! both `subscriptions` and `fanout` use `control`; no module but this root uses `fanout`.
 
 mod catch_up;
 mod connection;
+mod control;
+mod emit;
 mod events;
 mod fanout;
 mod reply;
+mod room_membership;
 pub mod rooms;
-mod seeds;
+mod sequencer;
 mod session;
 mod shared_reads;
 mod subscriptions;
 
 use std::{
-    fmt::Write,
     sync::{
         Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -30,7 +41,7 @@ use std::{
 use community_chat_shared::{
     auth::Authenticator,
     config::GatewayLimits,
-    domain::ChatService,
+    domain::{ChatService, MessageLog},
     metrics::{Histogram, Metrics},
 };
 use socketioxide::{SocketIo, TransportType, handler::ConnectHandler, layer::SocketIoLayer};
@@ -67,6 +78,8 @@ pub struct GatewayMetrics {
 /// What the socket handlers reach through socketioxide's state.
 pub struct Gateway {
     pub service: ChatService,
+    /// Committed messages by seq: the fan-out's gap fills and tail reads, shared catch-ups.
+    message_log: MessageLog,
     pub auth: Arc<Authenticator>,
     pub subscriptions: Subscriptions,
     pub limits: GatewayLimits,
@@ -162,12 +175,14 @@ pub fn build(
     limits: GatewayLimits,
     metrics: &Metrics,
 ) -> (SocketIoLayer, GatewayHandle) {
-    let bus = service.bus().clone();
-    let (seeds, control) = seeds::Seeds::new(service.store().clone());
-    let store_connections = service.store().pool_stats().max;
+    let feed = service.event_feed();
+    let message_log = service.message_log();
+    let (control_sender, control) = control::channel(message_log.clone());
+    let store_connections = service.database_connections();
     let gateway = Arc::new(Gateway {
-        subscriptions: Subscriptions::start(bus.clone(), seeds),
+        subscriptions: Subscriptions::start(feed.clone(), control_sender),
         service,
+        message_log,
         auth,
         limits: limits.clone(),
         metrics: Arc::new(GatewayMetrics::default()),
@@ -193,9 +208,9 @@ pub fn build(
     }
     tokio::spawn(fanout::run(
         gateway.clone(),
-        bus.deliveries(),
+        feed.deliveries(),
         control,
-        bus.reconnections(),
+        feed.reconnections(),
     ));
     register_metrics(metrics, &gateway);
     (layer, GatewayHandle { io, gateway })
@@ -204,7 +219,7 @@ pub fn build(
 fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
     let m = gateway.metrics.clone();
     let subscriptions = gateway.subscriptions.clone();
-    metrics.add_source(move |out| {
+    metrics.add_source(move |text| {
         let counters: [(&str, &str, u64); 8] = [
             (
                 "gateway_events_in_total",
@@ -248,7 +263,7 @@ fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
             ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+            text.counter(name, help).sample(&[], value);
         }
         let gauges: [(&str, &str, i64); 7] = [
             (
@@ -288,13 +303,13 @@ fn register_metrics(metrics: &Metrics, gateway: &Arc<Gateway>) {
             ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            text.gauge(name, help).sample(&[], value);
         }
-        m.fanout_latency.render(
+        text.histogram(
             "gateway_fanout_latency_seconds",
             "Time from a message's commit to its emit to the local sockets.",
-            out,
-        );
+        )
+        .series(&[], &m.fanout_latency.snapshot());
     });
 }
 

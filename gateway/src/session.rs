@@ -1,5 +1,6 @@
 //! What the gateway keeps per socket: who it is, which group rooms it is in (so a disconnect
-//! releases exactly those subscriptions), and its rate limits.
+//! releases exactly those subscriptions, and reads that need membership can be shown it:
+//! [`InRoom`]), where it stands in each group's seq, and its rate limits.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -43,6 +44,24 @@ struct Cursor {
     /// socket in order, so a request from there on (a client's retry while the first is still
     /// sending) is already covered and must not re-send what went out meanwhile.
     catching_up_from: Option<i64>,
+}
+
+/// Proof that a socket is in a group's room, and so that the domain made its caller a member
+/// of the group ([`crate::room_membership`]). Only [`Session::in_room`] gives one out; reads
+/// that take it check nothing again.
+pub struct InRoom<'a> {
+    org: &'a OrgId,
+    group: GroupId,
+}
+
+impl InRoom<'_> {
+    pub fn org(&self) -> &OrgId {
+        self.org
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
 }
 
 /// What to do with a live message for this socket.
@@ -150,6 +169,11 @@ impl Session {
 
     pub fn in_group(&self, id: GroupId) -> bool {
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+    }
+
+    /// The proof that this socket is in the group's room, if it is.
+    pub fn in_room(&self, group: GroupId) -> Option<InRoom<'_>> {
+        self.in_group(group).then(|| InRoom { org: self.org(), group })
     }
 
     /// Empties the room set (disconnect) and returns the topics to release: the groups and
@@ -263,6 +287,17 @@ mod cursor_tests {
         // An addedToGroup that raced the disconnect acquires nothing the disconnect missed.
         assert!(s.add_groups([b]).is_empty());
         assert!(!s.in_group(b));
+    }
+
+    #[test]
+    fn only_a_socket_in_the_room_can_show_it_is_in_the_room() {
+        let s = session();
+        let g = GroupId::new_v7();
+        assert!(s.in_room(g).is_none());
+        s.add_groups([g]);
+        assert!(s.in_room(g).is_some_and(|r| r.group() == g && r.org() == s.org()));
+        assert!(s.remove_group(g));
+        assert!(s.in_room(g).is_none(), "leaving the room takes the proof away");
     }
 
     #[test]

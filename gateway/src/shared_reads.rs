@@ -10,7 +10,9 @@
 //! messages (`Session::begin_catch_up`), so every message committed before the read started is
 //! in the read, and every message committed after it reaches the socket live and is held.
 //!
-//! Only sockets in the group's room use it: their membership was checked when they joined.
+//! Who may read: the reads go to the domain's `MessageLog`, which checks nobody, so a request
+//! must show that its socket is in the group's room ([`InRoom`]), which only a member's socket
+//! can be.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -21,7 +23,7 @@ use community_chat_shared::{
 };
 use tokio::sync::oneshot;
 
-use crate::Gateway;
+use crate::{Gateway, session::InRoom};
 
 /// One read's messages, oldest first, and whether the group has more after them.
 #[derive(Debug)]
@@ -41,16 +43,16 @@ pub struct SharedReads {
 }
 
 impl SharedReads {
-    /// Up to `page` messages of `group` after `after`, from a read that started after this call.
+    /// Up to `page` messages of the member's group after `after`, from a read that started
+    /// after this call.
     pub async fn after(
         gateway: &Arc<Gateway>,
-        org: &OrgId,
-        group: GroupId,
+        member: InRoom<'_>,
         after: i64,
         page: u64,
     ) -> Result<Arc<Page>, DomainError> {
         let (reply, answer) = oneshot::channel();
-        let key = (org.clone(), group);
+        let key = (member.org().clone(), member.group());
         let lead = {
             let mut groups = gateway.shared_reads.groups.lock().unwrap_or_else(|e| e.into_inner());
             match groups.get_mut(&key) {
@@ -131,9 +133,8 @@ async fn read_loop(gateway: &Arc<Gateway>, key: &(OrgId, GroupId), page: u64) {
             std::mem::take(entry)
         };
         let from = waiting.iter().map(|(after, _)| *after).min().unwrap_or(0);
-        let store = gateway.service.store();
         let read = gateway
-            .admitted(store.messages_after(&key.0, key.1, from, page + 1))
+            .admitted(gateway.message_log.messages_after(&key.0, key.1, from, page + 1))
             .await
             .map(|mut messages| {
                 let has_more = messages.len() as u64 > page;

@@ -2,6 +2,8 @@
 //! socket needs it and unsubscribes when the last one lets go; it never subscribes to
 //! everything. One task owns the counts, so subscribe and unsubscribe calls reach the bus in
 //! the order the sockets asked, and every request queued meanwhile is applied as one batch.
+//! Before it subscribes to groups it reads where they stand and tells the fan-out, through
+//! [`crate::control`], which it never waits on.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,10 +14,10 @@ use std::{
     time::Duration,
 };
 
-use community_chat_shared::bus::{Bus, Topic};
+use community_chat_shared::{bus::Topic, domain::EventFeed};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::seeds::Seeds;
+use crate::control::ControlSender;
 
 /// Most requests waiting for the subscription task; senders wait when it is full.
 const QUEUE_CAPACITY: usize = 65_536;
@@ -40,10 +42,10 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     /// Starts the task that owns the counts; it ends when every handle is dropped.
-    pub(crate) fn start(bus: Arc<dyn Bus>, seeds: Seeds) -> Self {
+    pub(crate) fn start(bus: EventFeed, control: ControlSender) -> Self {
         let (requests, receiver) = mpsc::channel(QUEUE_CAPACITY);
         let active = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(bus, seeds, receiver, active.clone()));
+        tokio::spawn(run(bus, control, receiver, active.clone()));
         Self { requests, active }
     }
 
@@ -72,7 +74,7 @@ impl Subscriptions {
     }
 }
 
-async fn run(bus: Arc<dyn Bus>, seeds: Seeds, mut requests: mpsc::Receiver<Request>, active: Arc<AtomicUsize>) {
+async fn run(bus: EventFeed, control: ControlSender, mut requests: mpsc::Receiver<Request>, active: Arc<AtomicUsize>) {
     let mut counts: HashMap<Topic, usize> = HashMap::new();
     let mut subscribed: HashSet<Topic> = HashSet::new();
     // Topics whose subscribe call failed while the bus was up (a timeout): asked again on a
@@ -91,7 +93,7 @@ async fn run(bus: Arc<dyn Bus>, seeds: Seeds, mut requests: mpsc::Receiver<Reque
                 if !again.is_empty() {
                     match bus.subscribe(&again).await {
                         // What was committed while the subscription was missing is fetched.
-                        Ok(()) => seeds.refresh(&again).await,
+                        Ok(()) => control.refresh(&again).await,
                         Err(e) => {
                             tracing::debug!(error = %e, topics = again.len(), "subscribe retry failed");
                             retry.extend(again);
@@ -148,12 +150,12 @@ async fn run(bus: Arc<dyn Bus>, seeds: Seeds, mut requests: mpsc::Receiver<Reque
                 subscribed.remove(topic);
                 retry.remove(topic);
             }
-            seeds.forget(&unsubscribe);
+            control.forget(&unsubscribe);
         }
         if !subscribe.is_empty() {
             // Where each group's ordering starts is read before subscribing: whatever commits
             // from then on either arrives on the bus or is fetched as a gap.
-            seeds.seed(&subscribe).await;
+            control.seed(&subscribe).await;
             if let Err(e) = bus.subscribe(&subscribe).await {
                 tracing::warn!(error = %e, topics = subscribe.len(), "subscribe failed; retried");
                 retry.extend(subscribe.iter().cloned());

@@ -1,140 +1,104 @@
-//! Prometheus metrics in text format, without a metrics framework: HTTP request counts and
-//! latency by route and status, plus gauges and counters that other parts register as
-//! sources (the gateway's sockets, rooms, subscriptions).
+//! The process's `/metrics`: HTTP request counts and latency by method, route and status,
+//! plus the families that other parts register as sources (the gateway's sockets, rooms and
+//! queues, the database pool).
+//!
+//! - [`text`]: the one writer of Prometheus text; every family goes through it.
+//! - [`histogram`]: the lock-free latency histogram that hot paths record into.
+//!
+//! Recording is atomic adds (an HTTP request also takes a shared read lock to find its
+//! series); the formatting cost is paid per scrape. A metrics framework such as
+//! `prometheus-client` would take a lock per histogram observation and write OpenMetrics-style
+//! families (a counter's TYPE line without its `_total`), which changes what scrapers see.
+
+pub mod histogram;
+pub mod text;
 
 use std::{
     collections::BTreeMap,
-    fmt::Write,
-    sync::{
-        Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{PoisonError, RwLock},
     time::Duration,
 };
 
-/// Upper bounds of the latency histogram, in seconds.
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+pub use histogram::{Histogram, HistogramSnapshot};
+pub use text::Exposition;
 
-#[derive(Default)]
-struct HttpSeries {
-    /// Cumulative counts per bucket, then the +Inf count.
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum_seconds: f64,
-}
+type Source = Box<dyn Fn(&mut Exposition<'_>) + Send + Sync>;
 
-type Source = Box<dyn Fn(&mut String) + Send + Sync>;
+/// HTTP latency histograms, nested by method, route and status so that recording looks a
+/// series up by borrowed `&str`s, without allocating. Routes are templates, so the maps stay
+/// small.
+type HttpSeries = BTreeMap<String, BTreeMap<String, BTreeMap<u16, Histogram>>>;
 
 #[derive(Default)]
 pub struct Metrics {
-    /// (method, route, status) -> latency histogram. Routes are templates, so the key set is small.
-    http: Mutex<BTreeMap<(String, String, u16), HttpSeries>>,
-    /// Renderers of other components' metrics.
+    /// Written only when a (method, route, status) is first seen; requests otherwise share it.
+    http: RwLock<HttpSeries>,
+    /// Writers of other components' families, called on each scrape.
     sources: RwLock<Vec<Source>>,
 }
 
 impl Metrics {
     pub fn record_http(&self, method: &str, route: &str, status: u16, latency: Duration) {
-        let seconds = latency.as_secs_f64();
-        let Ok(mut http) = self.http.lock() else {
-            return;
-        };
-        let series = http.entry((method.to_owned(), route.to_owned(), status)).or_default();
-        series.count += 1;
-        series.sum_seconds += seconds;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                series.buckets[i] += 1;
+        {
+            let http = self.http.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(series) = http.get(method).and_then(|r| r.get(route)).and_then(|s| s.get(&status)) {
+                series.observe(latency);
+                return;
             }
         }
+        let mut http = self.http.write().unwrap_or_else(PoisonError::into_inner);
+        http.entry(method.to_owned())
+            .or_default()
+            .entry(route.to_owned())
+            .or_default()
+            .entry(status)
+            .or_default()
+            .observe(latency);
     }
 
-    /// Adds a renderer that appends Prometheus text (with its own HELP/TYPE lines).
-    pub fn add_source(&self, source: impl Fn(&mut String) + Send + Sync + 'static) {
-        if let Ok(mut sources) = self.sources.write() {
-            sources.push(Box::new(source));
-        }
+    /// Adds a writer of families of its own, called on each scrape.
+    pub fn add_source(&self, source: impl Fn(&mut Exposition<'_>) + Send + Sync + 'static) {
+        self.sources
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(source));
     }
 
+    /// The Prometheus text of every family.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        out.push_str("# HELP http_requests_total HTTP requests by method, route and status.\n# TYPE http_requests_total counter\n");
-        let snapshot: Vec<_> = match self.http.lock() {
-            Ok(http) => http
-                .iter()
-                .map(|(k, v)| (k.clone(), v.buckets, v.count, v.sum_seconds))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        for ((method, route, status), _, count, _) in &snapshot {
-            let _ = writeln!(
-                out,
-                "http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
-            );
-        }
-        out.push_str("# HELP http_request_duration_seconds HTTP request latency.\n# TYPE http_request_duration_seconds histogram\n");
-        for ((method, route, status), buckets, count, sum) in &snapshot {
-            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
-            for (bound, n) in BUCKETS.iter().zip(buckets) {
-                let _ = writeln!(
-                    out,
-                    "http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}"
-            );
-            let _ = writeln!(out, "http_request_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "http_request_duration_seconds_count{{{labels}}} {count}");
-        }
-        if let Ok(sources) = self.sources.read() {
-            for source in sources.iter() {
-                source(&mut out);
-            }
+        let mut out = String::with_capacity(16 * 1024);
+        let mut text = Exposition::new(&mut out);
+        self.write_http(&mut text);
+        for source in self.sources.read().unwrap_or_else(PoisonError::into_inner).iter() {
+            source(&mut text);
         }
         out
     }
-}
 
-/// A lock-free latency histogram (seconds, the same buckets as HTTP), for hot paths such as the
-/// gateway's fan-out.
-pub struct Histogram {
-    /// Non-cumulative counts per bucket, then the overflow.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            sum_micros: AtomicU64::new(0),
+    fn write_http(&self, text: &mut Exposition<'_>) {
+        let http = self.http.read().unwrap_or_else(PoisonError::into_inner);
+        // Read once, so that a series' request count and its latency `_count` agree.
+        let series: Vec<_> = http
+            .iter()
+            .flat_map(|(method, routes)| {
+                routes.iter().flat_map(move |(route, statuses)| {
+                    statuses
+                        .iter()
+                        .map(move |(status, h)| (method.as_str(), route.as_str(), status.to_string(), h.snapshot()))
+                })
+            })
+            .collect();
+        let mut requests = text.counter("http_requests_total", "HTTP requests by method, route and status.");
+        for (method, route, status, latency) in &series {
+            requests.sample(
+                &[("method", method), ("route", route), ("status", status)],
+                latency.count(),
+            );
         }
-    }
-}
-
-impl Histogram {
-    pub fn observe(&self, value: Duration) {
-        let seconds = value.as_secs_f64();
-        let slot = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
-        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(u64::try_from(value.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
-    }
-
-    /// Appends the histogram in Prometheus text format.
-    pub fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += count.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        let mut latencies = text.histogram("http_request_duration_seconds", "HTTP request latency.");
+        for (method, route, status, latency) in &series {
+            latencies.series(&[("method", method), ("route", route), ("status", status)], latency);
         }
-        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
     }
 }
 
@@ -143,19 +107,89 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_is_cumulative_with_sum_and_count() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(3));
-        h.observe(Duration::from_secs(20));
-        let mut out = String::new();
-        h.render("x_seconds", "test", &mut out);
-        assert!(out.contains("x_seconds_bucket{le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{le=\"0.0025\"} 1\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{le=\"0.005\"} 2\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{le=\"10\"} 2\n"), "{out}");
-        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("x_seconds_count 3\n"), "{out}");
-        assert!(out.contains("x_seconds_sum 20.0035\n"), "{out}");
+    fn http_requests_are_counted_and_timed_per_method_route_and_status() {
+        let metrics = Metrics::default();
+        metrics.record_http("GET", "/groups/{id}", 200, Duration::from_millis(2));
+        metrics.record_http("GET", "/groups/{id}", 200, Duration::from_millis(20));
+        metrics.record_http("POST", "/groups", 201, Duration::from_millis(1));
+        metrics.add_source(|text| {
+            text.gauge("extra_gauge", "From a source.").sample(&[], 7);
+        });
+        let out = metrics.render();
+        let get = "method=\"GET\",route=\"/groups/{id}\",status=\"200\"";
+        assert!(out.starts_with("# HELP http_requests_total "), "{out}");
+        assert!(out.contains(&format!("http_requests_total{{{get}}} 2\n")), "{out}");
+        assert!(
+            out.contains("http_requests_total{method=\"POST\",route=\"/groups\",status=\"201\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# TYPE http_request_duration_seconds histogram\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "http_request_duration_seconds_bucket{{{get},le=\"0.0025\"}} 1\n"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "http_request_duration_seconds_bucket{{{get},le=\"+Inf\"}} 2\n"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("http_request_duration_seconds_sum{{{get}}} 0.022\n")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("http_request_duration_seconds_count{{{get}}} 2\n")),
+            "{out}"
+        );
+        assert!(out.ends_with("# TYPE extra_gauge gauge\nextra_gauge 7\n"), "{out}");
+    }
+
+    #[test]
+    fn with_no_requests_the_http_families_are_still_declared() {
+        let out = Metrics::default().render();
+        assert_eq!(
+            out,
+            "# HELP http_requests_total HTTP requests by method, route and status.\n\
+             # TYPE http_requests_total counter\n\
+             # HELP http_request_duration_seconds HTTP request latency.\n\
+             # TYPE http_request_duration_seconds histogram\n"
+        );
+    }
+
+    /// Prints the recording cost; run with `cargo test --release -p community-chat-shared
+    /// recording_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a timing measurement, not a check: run it by hand in release mode"]
+    fn recording_cost() {
+        const N: u32 = 5_000_000;
+        let metrics = Metrics::default();
+        let histogram = Histogram::default();
+        let time = |what: &str, record: &dyn Fn(u32)| {
+            let started = std::time::Instant::now();
+            for i in 0..N {
+                record(i);
+            }
+            println!(
+                "{what}: {:.1} ns/op",
+                started.elapsed().as_nanos() as f64 / f64::from(N)
+            );
+        };
+        time("Histogram::observe", &|i| {
+            histogram.observe(Duration::from_micros(u64::from(i % 20_000)))
+        });
+        time("Metrics::record_http", &|i| {
+            metrics.record_http(
+                "POST",
+                "/client/community/groups/{groupId}/messages",
+                201,
+                Duration::from_micros(u64::from(i % 20_000)),
+            )
+        });
     }
 }

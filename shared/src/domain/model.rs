@@ -36,6 +36,22 @@ impl Role {
     }
 }
 
+/// The last-admin rule: a group always keeps at least one admin. `from` is the member's role
+/// now, `to` its role after the change (`None`: it leaves or is removed), `admins` the group's
+/// admin count, read under the group's lock (the store calls this inside the transaction that
+/// makes the change, so two concurrent demotions cannot both pass). 409 when it would leave
+/// the group without an admin.
+pub fn check_last_admin(from: Role, to: Option<Role>, admins: u64) -> Result<(), crate::error::DomainError> {
+    let loses_an_admin = from == Role::Admin && to != Some(Role::Admin);
+    if !loses_an_admin || admins > 1 {
+        return Ok(());
+    }
+    Err(crate::error::DomainError::conflict(match to {
+        Some(_) => "the last admin cannot be demoted: promote another member first",
+        None => "the last admin cannot leave or be removed: promote another member first",
+    }))
+}
+
 /// Public groups are readable and joinable by anyone in the org; private ones are invisible
 /// (404) to non-members.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -51,6 +67,11 @@ impl GroupType {
             GroupType::Public => "public",
             GroupType::Private => "private",
         }
+    }
+    /// Who may see a group at all: members always, others only when it is public. Everything
+    /// else answers 404, so a private group's existence does not leak.
+    pub fn visible_to(self, member: bool) -> bool {
+        member || self == GroupType::Public
     }
     pub fn parse(raw: &str) -> Option<Self> {
         match raw {
@@ -225,4 +246,33 @@ where
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod last_admin_tests {
+    use super::{Role, check_last_admin};
+
+    #[test]
+    fn the_last_admin_can_neither_be_demoted_nor_leave() {
+        assert_eq!(
+            check_last_admin(Role::Admin, Some(Role::Member), 1).map_err(|e| e.status_code()),
+            Err(409)
+        );
+        assert_eq!(
+            check_last_admin(Role::Admin, None, 1).map_err(|e| e.status_code()),
+            Err(409)
+        );
+    }
+
+    #[test]
+    fn an_admin_with_another_admin_may_step_down_or_leave() {
+        assert!(check_last_admin(Role::Admin, Some(Role::Member), 2).is_ok());
+        assert!(check_last_admin(Role::Admin, None, 2).is_ok());
+    }
+
+    #[test]
+    fn members_and_admins_staying_admins_are_not_concerned() {
+        assert!(check_last_admin(Role::Member, None, 1).is_ok());
+        assert!(check_last_admin(Role::Admin, Some(Role::Admin), 1).is_ok());
+    }
 }

@@ -1,6 +1,15 @@
 //! `ChatService`: every operation on groups, members and messages, with its authorization.
 //! Writes commit first and publish after (DESIGN.md): a crash between the two loses nothing,
 //! because clients catch up from the store by seq.
+//!
+//! Where each rule lives:
+//! - visibility (private groups are 404 to non-members): [`GroupType::visible_to`], used by
+//!   every read here and by the post statement;
+//! - posting (membership, `replyTo`, `clientMessageId` replay, gap-free seq): the store's post
+//!   module (`store/post.rs`), one statement on Postgres, with a table of rule and place;
+//! - the last admin can neither leave nor be demoted: [`check_last_admin`](super::model::check_last_admin), which the store
+//!   calls under the group's lock in `upsert_member` and `remove_member`;
+//! - who may manage a group: [`Role::can_manage`].
 
 use std::sync::Arc;
 
@@ -19,7 +28,7 @@ use crate::{
     config::Limits,
     error::DomainError,
     ids::{Email, GroupId, MessageId},
-    store::{GroupRow, InsertOutcome, MemberChange, Store, now_millis},
+    store::{MemberChange, PostOutcome, Store, now_millis},
 };
 
 /// A page of groups: `{ data, total }` on the wire.
@@ -93,23 +102,21 @@ impl ChatService {
             }
         }
         let now = now_millis();
-        let row = crate::store::entity_group(
-            &caller.org,
-            GroupId::new_v7(),
+        let group = Group {
+            id: GroupId::new_v7(),
+            org_id: caller.org.clone(),
             name,
             description,
-            input.group_type.unwrap_or(GroupType::Private),
+            group_type: input.group_type.unwrap_or(GroupType::Private),
             page,
-            &caller.email,
-            now,
-            members.len() as i64,
-        );
-        self.inner.store.insert_group(row.clone(), &members).await?;
-        let group = GroupRow {
-            row,
+            created_by: caller.email.clone(),
+            created_at: now,
+            updated_at: now,
+            member_count: members.len() as i64,
             my_role: Some(Role::Admin),
-        }
-        .into_group()?;
+            members: None,
+        };
+        self.inner.store.insert_group(&group, &members).await?;
         let broadcast = Group {
             my_role: None,
             ..group.clone()
@@ -149,15 +156,12 @@ impl ChatService {
                 .list_groups_of(&caller.org, &caller.email, page, limit, offset)
                 .await?
         };
-        let data = rows.into_iter().map(GroupRow::into_group).collect::<Result<_, _>>()?;
-        Ok(Page { data, total })
+        Ok(Page { data: rows, total })
     }
 
     pub async fn get_group(&self, caller: &Caller, id: GroupId) -> Result<Group, DomainError> {
-        let row = self.visible_group(caller, id).await?;
-        let members = self.inner.store.list_members(&caller.org, id).await?;
-        let mut group = row.into_group()?;
-        group.members = Some(members);
+        let mut group = self.visible_group(caller, id).await?;
+        group.members = Some(self.inner.store.list_members(&caller.org, id).await?);
         Ok(group)
     }
 
@@ -165,28 +169,26 @@ impl ChatService {
         let limits = &self.inner.limits;
         let current = self.visible_group(caller, id).await?;
         require_admin(&current, "only admins can change the group")?;
-        let my_role = current.my_role;
-        let mut row = current.row;
+        let mut changed = current;
         if let Some(name) = &input.name {
-            row.name = validate::name(limits, name)?;
+            changed.name = validate::name(limits, name)?;
         }
         if let Some(description) = &input.description {
-            row.description = validate::description(limits, description)?;
+            changed.description = validate::description(limits, description)?;
         }
         if let Some(group_type) = input.group_type {
-            row.group_type = group_type.as_str().to_owned();
+            changed.group_type = group_type;
         }
         if let Some(page) = &input.page {
-            row.page = validate::page(page.as_deref())?;
+            changed.page = validate::page(page.as_deref())?;
         }
-        row.updated_at = now_millis();
-        let saved = self
+        changed.updated_at = now_millis();
+        let group = self
             .inner
             .store
-            .update_group(row)
+            .update_group(&changed)
             .await?
             .ok_or_else(|| DomainError::not_found("group not found"))?;
-        let group = GroupRow { row: saved, my_role }.into_group()?;
         self.publish_all([Envelope::new(
             Topic::group(&caller.org, id),
             Event::GroupUpdated {
@@ -237,15 +239,10 @@ impl ChatService {
             client_message_id: input.client_message_id.map(|c| c.trim().to_owned()),
             created_at: now_millis(),
         };
-        // A member's post is one round trip; anything else takes the checked path below,
-        // which finds the right error.
-        let outcome = match self.inner.store.insert_member_message(&message).await? {
-            Some(outcome) => outcome,
-            None => self.post_checked(caller, message).await?,
-        };
-        match outcome {
-            InsertOutcome::Replayed(stored) => Ok((stored, true)),
-            InsertOutcome::Stored(stored) => {
+        // One round trip on Postgres: rules, replay and seq are all in the post statement.
+        match self.inner.store.post_message(message).await? {
+            PostOutcome::Replayed(stored) => Ok((stored, true)),
+            PostOutcome::Stored(stored) => {
                 self.publish_all([Envelope::new(
                     Topic::group(&caller.org, id),
                     Event::NewGroupMessage(stored.clone()),
@@ -254,23 +251,6 @@ impl ChatService {
                 Ok((stored, false))
             }
         }
-    }
-
-    /// Posting with every rule checked one by one: SQLite, and the error cases of Postgres.
-    async fn post_checked(&self, caller: &Caller, message: Message) -> Result<InsertOutcome, DomainError> {
-        let id = message.group_id;
-        let group = self.visible_group(caller, id).await?;
-        if group.my_role.is_none() {
-            return Err(DomainError::forbidden(
-                "only members can post in this group: join it first",
-            ));
-        }
-        if let Some(reply_to) = message.reply_to
-            && self.inner.store.seq_of(&caller.org, id, reply_to).await?.is_none()
-        {
-            return Err(DomainError::invalid("replyTo is not a message of this group"));
-        }
-        self.inner.store.insert_message(message).await
     }
 
     pub async fn history(
@@ -322,7 +302,7 @@ impl ChatService {
         let role = input.role.unwrap_or(Role::Member);
         let is_admin = group.my_role.is_some_and(Role::can_manage);
         let self_join = input.email == caller.email
-            && group.row.group_type == GroupType::Public.as_str()
+            && group.group_type == GroupType::Public
             && role == Role::Member
             && group.my_role.is_none();
         if !is_admin && !self_join {
@@ -346,13 +326,11 @@ impl ChatService {
                 },
             )];
             if change == MemberChange::Added
-                && let Some(row) = self.inner.store.find_group(&caller.org, id, &member.email).await?
+                && let Some(group) = self.inner.store.find_group(&caller.org, id, &member.email).await?
             {
                 events.push(Envelope::new(
                     Topic::user(&caller.org, &member.email),
-                    Event::AddedToGroup {
-                        group: row.into_group()?,
-                    },
+                    Event::AddedToGroup { group },
                 ));
             }
             self.publish_all(events).await;
@@ -399,9 +377,9 @@ impl ChatService {
 
     /// The group if the caller may see it: members always, others only when it is public.
     /// Everything else is 404, so a private group's existence does not leak.
-    async fn visible_group(&self, caller: &Caller, id: GroupId) -> Result<GroupRow, DomainError> {
+    async fn visible_group(&self, caller: &Caller, id: GroupId) -> Result<Group, DomainError> {
         match self.inner.store.find_group(&caller.org, id, &caller.email).await? {
-            Some(g) if g.my_role.is_some() || g.row.group_type == GroupType::Public.as_str() => Ok(g),
+            Some(g) if g.group_type.visible_to(g.my_role.is_some()) => Ok(g),
             _ => Err(DomainError::not_found("group not found")),
         }
     }
@@ -418,7 +396,7 @@ impl ChatService {
     }
 }
 
-fn require_admin(group: &GroupRow, message: &str) -> Result<(), DomainError> {
+fn require_admin(group: &Group, message: &str) -> Result<(), DomainError> {
     if group.my_role.is_some_and(Role::can_manage) {
         Ok(())
     } else {

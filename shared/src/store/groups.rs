@@ -11,36 +11,28 @@ use super::{
     entity::{group_members, groups},
 };
 use crate::{
-    domain::model::{Group, GroupType, Member, Role},
+    domain::model::{Group, GroupType, Member, Role, check_last_admin},
     error::DomainError,
     ids::{Email, GroupId, OrgId},
 };
 
-/// A stored group and, when known, the caller's role in it.
-pub struct GroupRow {
-    pub row: groups::Model,
-    pub my_role: Option<Role>,
-}
-
-impl GroupRow {
-    pub fn into_group(self) -> Result<Group, DomainError> {
-        let row = self.row;
-        Ok(Group {
-            id: GroupId(row.id),
-            org_id: OrgId::parse(&row.org_id)?,
-            name: row.name,
-            description: row.description,
-            group_type: GroupType::parse(&row.group_type)
-                .ok_or_else(|| DomainError::Internal(format!("stored group type '{}'", row.group_type)))?,
-            page: row.page,
-            created_by: Email::parse(&row.created_by)?,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            member_count: row.member_count,
-            my_role: self.my_role,
-            members: None,
-        })
-    }
+/// The domain group of a stored row, with the caller's role when known.
+fn group_of(row: groups::Model, my_role: Option<Role>) -> Result<Group, DomainError> {
+    Ok(Group {
+        id: GroupId(row.id),
+        org_id: OrgId::parse(&row.org_id)?,
+        name: row.name,
+        description: row.description,
+        group_type: GroupType::parse(&row.group_type)
+            .ok_or_else(|| DomainError::Internal(format!("stored group type '{}'", row.group_type)))?,
+        page: row.page,
+        created_by: Email::parse(&row.created_by)?,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        member_count: row.member_count,
+        my_role,
+        members: None,
+    })
 }
 
 /// What an add-member call did.
@@ -67,24 +59,23 @@ struct GroupWithRole {
     my_role: String,
 }
 
-impl From<GroupWithRole> for GroupRow {
-    fn from(g: GroupWithRole) -> Self {
-        GroupRow {
-            my_role: Role::parse(&g.my_role),
-            row: groups::Model {
-                org_id: g.org_id,
-                id: g.id,
-                name: g.name,
-                description: g.description,
-                group_type: g.group_type,
-                page: g.page,
-                created_by: g.created_by,
-                created_at: g.created_at,
-                updated_at: g.updated_at,
-                member_count: g.member_count,
-                last_seq: g.last_seq,
-            },
-        }
+impl GroupWithRole {
+    fn into_group(self) -> Result<Group, DomainError> {
+        let my_role = Some(parse_role(&self.my_role)?);
+        let row = groups::Model {
+            org_id: self.org_id,
+            id: self.id,
+            name: self.name,
+            description: self.description,
+            group_type: self.group_type,
+            page: self.page,
+            created_by: self.created_by,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            member_count: self.member_count,
+            last_seq: self.last_seq,
+        };
+        group_of(row, my_role)
     }
 }
 
@@ -93,12 +84,25 @@ fn parse_role(raw: &str) -> Result<Role, DomainError> {
 }
 
 impl Store {
-    /// Inserts a group and its first members in one transaction.
-    pub async fn insert_group(&self, group: groups::Model, members: &[Member]) -> Result<(), DomainError> {
+    /// Inserts a new group (its seq starts at 0) and its first members in one transaction.
+    pub async fn insert_group(&self, group: &Group, members: &[Member]) -> Result<(), DomainError> {
         let write = self.begin_write().await?;
         let joined_at = group.created_at;
-        let (org_id, group_id) = (group.org_id.clone(), group.id);
-        groups::Entity::insert(groups::ActiveModel::from(group))
+        let (org_id, group_id) = (group.org_id.as_str().to_owned(), group.id.0);
+        let row = groups::Model {
+            org_id: org_id.clone(),
+            id: group_id,
+            name: group.name.clone(),
+            description: group.description.clone(),
+            group_type: group.group_type.as_str().to_owned(),
+            page: group.page.clone(),
+            created_by: group.created_by.as_str().to_owned(),
+            created_at: group.created_at,
+            updated_at: group.updated_at,
+            member_count: group.member_count,
+            last_seq: 0,
+        };
+        groups::Entity::insert(groups::ActiveModel::from(row))
             .exec_without_returning(&write.txn)
             .await?;
         if !members.is_empty() {
@@ -118,7 +122,7 @@ impl Store {
     }
 
     /// The group and the caller's role in it (`None`: not a member).
-    pub async fn find_group(&self, org: &OrgId, id: GroupId, caller: &Email) -> Result<Option<GroupRow>, DomainError> {
+    pub async fn find_group(&self, org: &OrgId, id: GroupId, caller: &Email) -> Result<Option<Group>, DomainError> {
         let Some(row) = groups::Entity::find_by_id((org.as_str().to_owned(), id.0))
             .one(&self.db)
             .await?
@@ -126,7 +130,7 @@ impl Store {
             return Ok(None);
         };
         let my_role = self.role_of(org, id, caller).await?;
-        Ok(Some(GroupRow { row, my_role }))
+        Ok(Some(group_of(row, my_role)?))
     }
 
     pub async fn role_of(&self, org: &OrgId, id: GroupId, email: &Email) -> Result<Option<Role>, DomainError> {
@@ -162,7 +166,7 @@ impl Store {
         page: Option<&str>,
         limit: u64,
         offset: u64,
-    ) -> Result<(Vec<GroupRow>, u64), DomainError> {
+    ) -> Result<(Vec<Group>, u64), DomainError> {
         let mut query = groups::Entity::find()
             .join(JoinType::InnerJoin, group_members::Relation::Group.def().rev())
             .filter(group_members::Column::OrgId.eq(org.as_str()))
@@ -180,7 +184,11 @@ impl Store {
             .into_model::<GroupWithRole>()
             .all(&self.db)
             .await?;
-        Ok((rows.into_iter().map(GroupRow::from).collect(), total))
+        let groups = rows
+            .into_iter()
+            .map(GroupWithRole::into_group)
+            .collect::<Result<_, _>>()?;
+        Ok((groups, total))
     }
 
     /// The org's public groups, joined or not, newest first; `my_role` filled for the caller.
@@ -191,7 +199,7 @@ impl Store {
         page: Option<&str>,
         limit: u64,
         offset: u64,
-    ) -> Result<(Vec<GroupRow>, u64), DomainError> {
+    ) -> Result<(Vec<Group>, u64), DomainError> {
         let mut query = groups::Entity::find()
             .filter(groups::Column::OrgId.eq(org.as_str()))
             .filter(groups::Column::GroupType.eq(GroupType::Public.as_str()));
@@ -219,10 +227,11 @@ impl Store {
                 let my_role = mine
                     .iter()
                     .find(|m| m.group_id == row.id)
-                    .and_then(|m| Role::parse(&m.role));
-                GroupRow { row, my_role }
+                    .map(|m| parse_role(&m.role))
+                    .transpose()?;
+                group_of(row, my_role)
             })
-            .collect();
+            .collect::<Result<_, DomainError>>()?;
         Ok((out, total))
     }
 
@@ -261,21 +270,26 @@ impl Store {
         Ok(rows.into_iter().map(|(id, seq)| (GroupId(id), seq)).collect())
     }
 
-    /// Saves changed fields; returns the new row, or `None` if the group is gone.
-    pub async fn update_group(&self, updated: groups::Model) -> Result<Option<groups::Model>, DomainError> {
+    /// Saves the editable fields (name, description, type, page, updated time); returns the
+    /// group as stored, with `updated.my_role`, or `None` if the group is gone.
+    pub async fn update_group(&self, updated: &Group) -> Result<Option<Group>, DomainError> {
         let write = self.begin_write().await?;
         let result = groups::Entity::update_many()
             .col_expr(groups::Column::Name, Expr::value(updated.name.clone()))
             .col_expr(groups::Column::Description, Expr::value(updated.description.clone()))
-            .col_expr(groups::Column::GroupType, Expr::value(updated.group_type.clone()))
+            .col_expr(groups::Column::GroupType, Expr::value(updated.group_type.as_str()))
             .col_expr(groups::Column::Page, Expr::value(updated.page.clone()))
             .col_expr(groups::Column::UpdatedAt, Expr::value(updated.updated_at))
             .filter(groups::Column::OrgId.eq(updated.org_id.as_str()))
-            .filter(groups::Column::Id.eq(updated.id))
+            .filter(groups::Column::Id.eq(updated.id.0))
             .exec_with_returning(&write.txn)
             .await?;
         write.txn.commit().await?;
-        Ok(result.into_iter().next())
+        result
+            .into_iter()
+            .next()
+            .map(|row| group_of(row, updated.my_role))
+            .transpose()
     }
 
     /// Deletes the group with its members and messages. `false` if it did not exist.
@@ -304,7 +318,7 @@ impl Store {
     }
 
     /// Adds a member or sets its role. The group row is locked first, so two concurrent
-    /// demotions cannot both pass the last-admin check.
+    /// demotions cannot both pass [`check_last_admin`].
     pub async fn upsert_member(
         &self,
         org: &OrgId,
@@ -333,10 +347,9 @@ impl Store {
             }
             Some(m) if m.role == role.as_str() => MemberChange::Unchanged,
             Some(m) => {
-                if parse_role(&m.role)? == Role::Admin && admin_count(txn, org, id).await? <= 1 {
-                    return Err(DomainError::conflict(
-                        "the last admin cannot be demoted: promote another member first",
-                    ));
+                let current = parse_role(&m.role)?;
+                if current == Role::Admin {
+                    check_last_admin(current, Some(role), admin_count(txn, org, id).await?)?;
                 }
                 group_members::Entity::update_many()
                     .col_expr(group_members::Column::Role, Expr::value(role.as_str()))
@@ -352,7 +365,8 @@ impl Store {
         Ok(change)
     }
 
-    /// Removes a member; 404 if not a member, 409 for the last admin.
+    /// Removes a member; 404 if not a member, 409 for the last admin ([`check_last_admin`],
+    /// under the group row's lock).
     pub async fn remove_member(&self, org: &OrgId, id: GroupId, email: &Email) -> Result<(), DomainError> {
         let write = self.begin_write().await?;
         let txn = &write.txn;
@@ -362,10 +376,9 @@ impl Store {
             .one(txn)
             .await?
             .ok_or_else(|| DomainError::not_found(format!("{email} is not a member of this group")))?;
-        if parse_role(&existing.role)? == Role::Admin && admin_count(txn, org, id).await? <= 1 {
-            return Err(DomainError::conflict(
-                "the last admin cannot leave or be removed: promote another member first",
-            ));
+        let current = parse_role(&existing.role)?;
+        if current == Role::Admin {
+            check_last_admin(current, None, admin_count(txn, org, id).await?)?;
         }
         group_members::Entity::delete_many()
             .filter(group_members::Column::OrgId.eq(org.as_str()))

@@ -1,12 +1,13 @@
 //! Persistence: one sea-orm store for Postgres (scaled mode) and SQLite (standalone). SQL lives
 //! here and nowhere else; the domain calls these methods with already-validated values.
 
-mod batch;
 mod entity;
+mod group_commit;
 mod groups;
 mod lookups;
 mod messages;
 pub mod migration;
+mod post;
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,9 +17,9 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, MutexGuard};
 
-pub use batch::BatchStats;
-pub use groups::{GroupRow, MemberChange};
-pub use messages::InsertOutcome;
+pub use group_commit::BatchStats;
+pub use groups::MemberChange;
+pub use post::PostOutcome;
 
 use crate::error::DomainError;
 
@@ -30,7 +31,7 @@ pub struct Store {
     write_gate: Option<Arc<Mutex<()>>>,
     max_connections: u32,
     /// Group commit of members' posts (Postgres with a batch size above 1).
-    batcher: Option<batch::PostBatcher>,
+    batcher: Option<group_commit::PostBatcher>,
     /// Coalesced "my groups" look-ups of socket handshakes (Postgres).
     lookups: Option<lookups::MembershipLookups>,
 }
@@ -75,7 +76,7 @@ impl Store {
         // Group commit takes one of the connections for itself (Postgres, with 2 or more).
         let is_postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
         let batcher = if is_postgres && post_batch > 1 && max_connections >= 2 {
-            Some(batch::PostBatcher::start(url, post_batch as usize)?)
+            Some(group_commit::PostBatcher::start(url, post_batch as usize)?)
         } else {
             None
         };
@@ -194,32 +195,4 @@ pub fn now_millis() -> chrono::DateTime<chrono::Utc> {
     use chrono::{DurationRound, TimeDelta};
     let now = chrono::Utc::now();
     now.duration_trunc(TimeDelta::milliseconds(1)).unwrap_or(now)
-}
-
-/// A new group row (the domain builds it; the store owns the entity type).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn entity_group(
-    org: &crate::ids::OrgId,
-    id: crate::ids::GroupId,
-    name: String,
-    description: String,
-    group_type: crate::domain::model::GroupType,
-    page: Option<String>,
-    created_by: &crate::ids::Email,
-    now: chrono::DateTime<chrono::Utc>,
-    member_count: i64,
-) -> entity::groups::Model {
-    entity::groups::Model {
-        org_id: org.as_str().to_owned(),
-        id: id.0,
-        name,
-        description,
-        group_type: group_type.as_str().to_owned(),
-        page,
-        created_by: created_by.as_str().to_owned(),
-        created_at: now,
-        updated_at: now,
-        member_count,
-        last_seq: 0,
-    }
 }

@@ -5,16 +5,13 @@
 //! queued), so a quiet service keeps its latency; under load, what queued behind the slots in
 //! flight makes the next batch.
 //!
-//! The statement keeps every guarantee of the one-row post: each message checks membership and
-//! `replyTo` on its own, seqs stay gap-free per group (the groups of a batch are locked in key
-//! order, so two batches cannot deadlock, and each group's row is written once per batch), and
-//! a batch commits or fails whole. A row that does not apply (not a member, bad `replyTo`) is
-//! left out and its caller takes the checked path. Two posts with the same `clientMessageId`
-//! never share a batch, and a retry of a send already stored is left out of the statement (its
-//! caller answers the replay). When the server refuses a batch (e.g. a retry racing on another
-//! pod hits the unique index, or a group row stays locked past `lock_timeout`), its posts are
-//! retried one by one, which sorts out who was first. A lost connection, or a failure after
-//! which the outcome is unknown, answers 503.
+//! The batch runs the one post statement ([`super::post::POST_SQL`]) with one element per post,
+//! so it keeps every rule of a post alone, and each post gets its own answer (stored, replayed,
+//! 404, 403, 400) from the same round trip. Two posts with the same `clientMessageId` never
+//! share a batch. When the server refuses a batch (e.g. a retry racing on another pod hits the
+//! unique index, or a group row stays locked past `lock_timeout`), its posts are posted one by
+//! one on the pool, which sorts out who was first. A lost connection, or a failure after which
+//! the outcome is unknown, answers 503.
 
 use std::{
     collections::HashSet,
@@ -32,6 +29,7 @@ use sea_orm::sqlx::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::post::{Post, Written, write_postgres};
 use crate::{domain::model::Message, error::DomainError};
 
 /// Batches written at once per process: the next one fills while this one is written. Two
@@ -45,24 +43,22 @@ const CONNECTION_WAIT: Duration = Duration::from_secs(3);
 const STATEMENT_WAIT: Duration = Duration::from_secs(6);
 /// Posts waiting for a slot before callers feel back-pressure.
 const QUEUE: usize = 4096;
+/// Age after which the batch connection is replaced. Its generic plan is made once per
+/// connection from the table sizes of that moment, and Postgres re-makes it only after an
+/// ANALYZE, which may never come (autovacuum off) or come late on a fast-growing table: a plan
+/// made on an empty `groups` table probes the wrong index (BENCHMARKS.md, "Plans"). A new
+/// connection a minute plans from the sizes of now, for one reconnect a minute.
+const REPLAN_AFTER: Duration = Duration::from_secs(60);
 
-/// What the batch did with one post.
-#[derive(Debug)]
-pub(crate) enum BatchOutcome {
-    /// Stored with this seq.
-    Stored(i64),
-    /// Not stored: not a member, no such group, or `replyTo` not in the group.
-    NotApplied,
-    /// The batch failed (not for a lost connection): post this one on its own.
-    Retry,
-}
+/// What the batch found and did for one post; `None`: the batch failed (not for a lost
+/// connection), post this one on its own.
+pub(crate) type Batched = Option<Written>;
 
 struct Pending {
-    message: Message,
-    attachments: String,
+    post: Arc<Post>,
     /// When the post asked; it waits at most [`CONNECTION_WAIT`] from here for a connection.
     queued: Instant,
-    reply: oneshot::Sender<Result<BatchOutcome, DomainError>>,
+    reply: oneshot::Sender<Result<Batched, DomainError>>,
 }
 
 /// Handle to the batching task of one process.
@@ -141,19 +137,16 @@ impl PostBatcher {
         }
     }
 
-    pub(crate) async fn post(&self, message: &Message) -> Result<BatchOutcome, DomainError> {
-        let attachments = serde_json::to_string(&message.attachments)
-            .map_err(|e| DomainError::Internal(format!("attachments: {e}")))?;
+    pub(crate) async fn post(&self, post: &Arc<Post>) -> Result<Batched, DomainError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
-            message: message.clone(),
-            attachments,
+            post: post.clone(),
             queued: Instant::now(),
             reply,
         };
         match tokio::time::timeout(CONNECTION_WAIT, self.tx.send(pending)).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Ok(BatchOutcome::Retry),
+            Ok(Err(_)) => return Ok(None),
             Err(_) => {
                 return Err(DomainError::Unavailable(
                     "posts are queued beyond the wait for the database".into(),
@@ -161,22 +154,22 @@ impl PostBatcher {
             }
         }
         // A dropped sender means the task went away mid-batch: post on its own.
-        answer.await.unwrap_or(Ok(BatchOutcome::Retry))
+        answer.await.unwrap_or(Ok(None))
     }
 }
 
 async fn run(pool: PgPool, mut rx: mpsc::Receiver<Pending>, max_batch: usize, counters: Arc<Counters>) {
     // The connection is kept from batch to batch: returned to the pool, sqlx would ping it
     // each time (a round trip per batch). It is let go after a failure other than the
-    // server refusing a statement.
-    let mut conn: Option<PoolConnection<Postgres>> = None;
+    // server refusing a statement, and after [`REPLAN_AFTER`].
+    let mut conn: Option<Kept> = None;
     // Posts set aside because a post with the same clientMessageId was in the batch before.
     let mut held: Vec<Pending> = Vec::new();
     loop {
         let mut batch = Vec::with_capacity(max_batch.min(64));
         let mut keys = HashSet::new();
         let mut take = |pending: Pending, batch: &mut Vec<Pending>, held: &mut Vec<Pending>| {
-            let repeated = idempotency_key(&pending.message).is_some_and(|key| !keys.insert(key));
+            let repeated = idempotency_key(&pending.post.message).is_some_and(|key| !keys.insert(key));
             if repeated {
                 held.push(pending)
             } else {
@@ -216,68 +209,29 @@ fn idempotency_key(message: &Message) -> Option<(String, uuid::Uuid, String, Str
     ))
 }
 
-/// A post on its own: membership, `replyTo`, not a stored `clientMessageId` (else nothing is
-/// written and the caller answers the replay), the group's next seq and the insert. The
-/// parameters are those of [`BATCH_SQL`], one value each. (`replyTo` is looked up by id alone:
-/// compared with the group inside the look-up, a generic plan may scan the group's messages.)
-pub(crate) const SINGLE_SQL: &str = "WITH member AS (
-        SELECT 1 FROM group_members WHERE org_id = $1 AND group_id = $2 AND email = $3
-    ), bumped AS (
-        UPDATE groups SET last_seq = last_seq + 1
-        WHERE org_id = $1 AND id = $2 AND EXISTS (SELECT 1 FROM member)
-          AND ($8::uuid IS NULL OR (SELECT group_id FROM messages WHERE org_id = $1 AND id = $8) = $2)
-          AND ($9::text IS NULL OR NOT EXISTS (SELECT 1 FROM messages
-                WHERE org_id = $1 AND group_id = $2 AND sender = $3 AND client_message_id = $9))
-        RETURNING last_seq
-    )
-    INSERT INTO messages (org_id, group_id, seq, id, sender, content, content_type, attachments,
-                          reply_to, client_message_id, created_at)
-    SELECT $1, $2, last_seq, $4, $3, $5, $6, $7, $8, $9, $10 FROM bumped
-    RETURNING id, seq";
+/// The batch connection and when it was opened.
+struct Kept {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+}
 
-/// Membership, `replyTo`, seqs and the insert of every post of the batch, in one autocommit
-/// statement. The groups are locked in key order first (`FOR UPDATE`, which also returns each
-/// one's latest `last_seq`); each post that applies takes the next seq of its group in arrival
-/// order; each group's `last_seq` is then written once.
-const BATCH_SQL: &str = "WITH input AS MATERIALIZED (
-        SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
-                             $7::text[], $8::uuid[], $9::text[], $10::timestamptz[])
-            WITH ORDINALITY AS t(org_id, group_id, sender, id, content, content_type, attachments,
-                                 reply_to, client_message_id, created_at, ord)
-    ), locked AS MATERIALIZED (
-        SELECT g.org_id, g.id, g.last_seq FROM groups g
-        WHERE (g.org_id, g.id) IN (SELECT org_id, group_id FROM input)
-        ORDER BY g.org_id, g.id
-        FOR UPDATE OF g
-    ), ok AS MATERIALIZED (
-        SELECT i.*, l.last_seq + row_number() OVER (PARTITION BY i.org_id, i.group_id ORDER BY i.ord) AS seq
-        FROM input i JOIN locked l ON l.org_id = i.org_id AND l.id = i.group_id
-        WHERE EXISTS (SELECT 1 FROM group_members m
-                      WHERE m.org_id = i.org_id AND m.group_id = i.group_id AND m.email = i.sender)
-          AND (i.reply_to IS NULL OR (SELECT r.group_id FROM messages r
-                      WHERE r.org_id = i.org_id AND r.id = i.reply_to) = i.group_id)
-          -- A retry of a stored send is left out (its caller answers the replay), instead of
-          -- failing the batch on the unique index.
-          AND (i.client_message_id IS NULL OR NOT EXISTS (SELECT 1 FROM messages d
-                      WHERE d.org_id = i.org_id AND d.group_id = i.group_id AND d.sender = i.sender
-                        AND d.client_message_id = i.client_message_id))
-    ), bumped AS (
-        UPDATE groups g SET last_seq = c.top
-        FROM (SELECT org_id, group_id, max(seq) AS top FROM ok GROUP BY org_id, group_id) c
-        WHERE g.org_id = c.org_id AND g.id = c.group_id
-    )
-    INSERT INTO messages (org_id, group_id, seq, id, sender, content, content_type, attachments,
-                          reply_to, client_message_id, created_at)
-    SELECT org_id, group_id, seq, id, sender, content, content_type, attachments, reply_to,
-           client_message_id, created_at
-    FROM ok
-    RETURNING id, seq";
-
-async fn write(pool: &PgPool, kept: &mut Option<PoolConnection<Postgres>>, batch: Vec<Pending>, counters: &Counters) {
+async fn write(pool: &PgPool, kept: &mut Option<Kept>, batch: Vec<Pending>, counters: &Counters) {
+    if kept.as_ref().is_some_and(|k| k.since.elapsed() > REPLAN_AFTER)
+        && let Some(mut old) = kept.take()
+    {
+        old.conn.close_on_drop();
+    }
     let conn = match kept {
-        Some(conn) => conn,
+        Some(kept) => &mut kept.conn,
         None => match connection(pool, &batch).await {
-            Ok(conn) => kept.insert(conn),
+            Ok(conn) => {
+                &mut kept
+                    .insert(Kept {
+                        conn,
+                        since: Instant::now(),
+                    })
+                    .conn
+            }
             Err(e) => return finish(batch, Err(e), counters),
         },
     };
@@ -292,7 +246,7 @@ async fn write(pool: &PgPool, kept: &mut Option<PoolConnection<Postgres>>, batch
         && !matches!(e, sqlx::Error::Database(_))
         && let Some(mut broken) = kept.take()
     {
-        broken.close_on_drop();
+        broken.conn.close_on_drop();
     }
     finish(batch, rows, counters);
 }
@@ -309,73 +263,21 @@ async fn connection(
     }
 }
 
-async fn run_statement(
-    conn: &mut sqlx::PgConnection,
-    batch: &[Pending],
-) -> Result<Vec<(uuid::Uuid, i64)>, sqlx::Error> {
-    match batch {
-        [one] => Ok(insert_one(&mut *conn, &one.message, &one.attachments)
-            .await?
-            .map(|seq| vec![(one.message.id.0, seq)])
-            .unwrap_or_default()),
-        many => {
-            let column = |f: &dyn Fn(&Pending) -> &str| many.iter().map(f).collect::<Vec<_>>();
-            sqlx::query_as(BATCH_SQL)
-                .bind(column(&|p| p.message.org_id.as_str()))
-                .bind(many.iter().map(|p| p.message.group_id.0).collect::<Vec<_>>())
-                .bind(column(&|p| p.message.from.as_str()))
-                .bind(many.iter().map(|p| p.message.id.0).collect::<Vec<_>>())
-                .bind(column(&|p| p.message.content.as_str()))
-                .bind(column(&|p| p.message.content_type.as_str()))
-                .bind(column(&|p| p.attachments.as_str()))
-                .bind(many.iter().map(|p| p.message.reply_to.map(|r| r.0)).collect::<Vec<_>>())
-                .bind(
-                    many.iter()
-                        .map(|p| p.message.client_message_id.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(many.iter().map(|p| p.message.created_at).collect::<Vec<_>>())
-                .fetch_all(&mut *conn)
-                .await
-        }
-    }
-}
-
-/// Runs [`SINGLE_SQL`] for one post: `Some(seq)` when stored, `None` when it did not apply.
-pub(crate) async fn insert_one<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    m: &Message,
-    attachments: &str,
-) -> Result<Option<i64>, sqlx::Error> {
-    let row: Option<(uuid::Uuid, i64)> = sqlx::query_as(SINGLE_SQL)
-        .bind(m.org_id.as_str())
-        .bind(m.group_id.0)
-        .bind(m.from.as_str())
-        .bind(m.id.0)
-        .bind(m.content.as_str())
-        .bind(m.content_type.as_str())
-        .bind(attachments)
-        .bind(m.reply_to.map(|r| r.0))
-        .bind(m.client_message_id.as_deref())
-        .bind(m.created_at)
-        .fetch_optional(executor)
-        .await?;
-    Ok(row.map(|(_, seq)| seq))
+async fn run_statement(conn: &mut sqlx::PgConnection, batch: &[Pending]) -> Result<Vec<Written>, sqlx::Error> {
+    let posts: Vec<&Post> = batch.iter().map(|p| p.post.as_ref()).collect();
+    write_postgres(conn, &posts).await
 }
 
 /// Answers each post of the batch.
-fn finish(batch: Vec<Pending>, rows: Result<Vec<(uuid::Uuid, i64)>, sqlx::Error>, counters: &Counters) {
+fn finish(batch: Vec<Pending>, rows: Result<Vec<Written>, sqlx::Error>, counters: &Counters) {
     let n = batch.len();
     counters.batches.fetch_add(1, Ordering::Relaxed);
     counters.posts.fetch_add(n as u64, Ordering::Relaxed);
     match rows {
         Ok(rows) => {
-            for p in batch {
-                let outcome = match rows.iter().find(|(id, _)| *id == p.message.id.0) {
-                    Some((_, seq)) => BatchOutcome::Stored(*seq),
-                    None => BatchOutcome::NotApplied,
-                };
-                let _ = p.reply.send(Ok(outcome));
+            // One row per post, in order (`write_postgres` checks the count).
+            for (p, written) in batch.into_iter().zip(rows) {
+                let _ = p.reply.send(Ok(Some(written)));
             }
         }
         Err(e) if crate::error::is_connection_error(&e) => {
@@ -399,7 +301,7 @@ fn finish(batch: Vec<Pending>, rows: Result<Vec<(uuid::Uuid, i64)>, sqlx::Error>
             tracing::debug!(error = %e, posts = n, "a post batch failed: its posts go one by one");
             counters.retried.fetch_add(n as u64, Ordering::Relaxed);
             for p in batch {
-                let _ = p.reply.send(Ok(BatchOutcome::Retry));
+                let _ = p.reply.send(Ok(None));
             }
         }
     }
