@@ -66,11 +66,13 @@ impl ChatService {
         }
     }
 
+    /// The store itself, for start-up, operators' tools and tests. The tiers go through this
+    /// service's operations and its narrow capabilities (`MessageLog`, `EventFeed`) instead.
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
 
-    pub fn bus(&self) -> &Arc<dyn Bus> {
+    pub(crate) fn bus(&self) -> &Arc<dyn Bus> {
         &self.inner.bus
     }
 

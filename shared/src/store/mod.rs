@@ -1,5 +1,12 @@
 //! Persistence: one sea-orm store for Postgres (scaled mode) and SQLite (standalone). SQL lives
-//! here and nowhere else; the domain calls these methods with already-validated values.
+//! here and nowhere else; the domain calls these methods with already-validated values, and
+//! they take and return domain types (the sea-orm entities stay in here).
+//!
+//! - `post.rs`: posting a message (rules, replay, seq), one statement on Postgres.
+//! - `group_commit.rs`: concurrent posts share that statement and one commit (Postgres).
+//! - `groups.rs`: groups and members (the last-admin rule is checked under the group's lock).
+//! - `messages.rs`: history, catch-up and cursor reads. `lookups.rs`: shared "my groups" reads.
+//! - `migration.rs`, `entity/`: the schema.
 
 mod entity;
 mod group_commit;
