@@ -25,13 +25,11 @@
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { after, afterEach, before, describe, test } from 'node:test';
+import { after, afterEach, before, test } from 'node:test';
 
-import { scaledOnlySkip, startCluster } from './cluster.mjs';
+import { describeScaledOnly, startCluster } from './cluster.mjs';
 import { Rest, SETTLE_MS, envNumber, eventually, metric, sleep, uid } from './helpers.mjs';
 import { Member, catchUp, checkDelivery, countBy, fmtCounts, fullHistory, lagging, prng, restSend } from './recipe.mjs';
-
-const skip = scaledOnlySkip('its processes');
 
 const DRAIN_SECONDS = envNumber('DRAIN_SECONDS', 5);
 const RATE = envNumber('DRAIN_RATE', 20);
@@ -83,7 +81,7 @@ function pollReady(url, t0) {
   };
 }
 
-describe('graceful shutdown (SIGTERM) of a gateway in the scaled topology', { skip, timeout: 180_000 }, () => {
+describeScaledOnly('graceful shutdown (SIGTERM) of a gateway in the scaled topology', 'its processes', { timeout: 180_000 }, () => {
   let cluster;
   const members = [];
   const run = uid();

@@ -24,15 +24,13 @@
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { after, afterEach, before, describe, test } from 'node:test';
-import { scaledOnlySkip, startCluster } from './cluster.mjs';
+import { after, afterEach, before, test } from 'node:test';
+import { describeScaledOnly, startCluster } from './cluster.mjs';
 import { Clients, Rest, SETTLE_MS, envNumber, eventually, sleep, uid } from './helpers.mjs';
 import { Member, catchUp, checkDelivery, countBy, fmtCounts, fullHistory, prng, restSend, short } from './recipe.mjs';
 import { privatePostgres, privateRedis } from './services.mjs';
 
 process.env.E2E_ECHO_LOGS ??= 'none';
-
-const skip = scaledOnlySkip('its processes, Postgres or Redis');
 
 const SEED = envNumber('FAULT_SEED', crypto.randomInt(1, 2 ** 31));
 const USERS = envNumber('FAULT_USERS', 24);
@@ -50,7 +48,7 @@ const SEND_DEADLINE_MS = 60_000;
 const FAULT_ENV = { SOCKET_SENDS_PER_SECOND: '50' };
 
 
-describe('faults in the scaled topology (private Postgres and Redis)', { skip, timeout: 300_000 }, () => {
+describeScaledOnly('faults in the scaled topology (private Postgres and Redis)', 'its processes, Postgres or Redis', { timeout: 300_000 }, () => {
   let pg;
   let redis;
   let cluster;

@@ -8,9 +8,9 @@
 // E2E_MODES leaves out `scaled`.
 
 import assert from 'node:assert/strict';
-import { after, afterEach, before, describe, test } from 'node:test';
+import { after, afterEach, before, test } from 'node:test';
 
-import { scaledOnlySkip, startCluster } from './cluster.mjs';
+import { describeScaledOnly, startCluster } from './cluster.mjs';
 import {
   Clients,
   Rest,
@@ -23,8 +23,6 @@ import {
 } from './helpers.mjs';
 import { privateRedis } from './services.mjs';
 import { TEST_ENV } from './suite.mjs';
-
-const skip = scaledOnlySkip('its Redis or processes');
 
 /// The private Redis of this file (services.mjs), started in before().
 let redis = null;
@@ -40,7 +38,7 @@ async function ping() {
   return redis.ping();
 }
 
-describe('Redis pub/sub of the scaled topology', { skip, timeout: 120_000 }, () => {
+describeScaledOnly('Redis pub/sub of the scaled topology', 'its Redis or processes', { timeout: 120_000 }, () => {
   let cluster;
   let clients;
   /// Left by the restart test for the one after it.
