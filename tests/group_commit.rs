@@ -1,4 +1,4 @@
-//! Group commit on Postgres (shared/src/store/batch.rs): posts that arrive together are stored
+//! Group commit on Postgres (shared/src/store/group_commit.rs): posts that arrive together are stored
 //! by one statement, and still each get the answer the one-by-one path gives: members' posts
 //! stored with gap-free seqs, a non-member's post refused, a bad `replyTo` refused, one message
 //! per `clientMessageId` even across two processes, and no message outliving its group.

@@ -27,6 +27,9 @@ use tokio::sync::{Mutex, MutexGuard};
 pub use group_commit::BatchStats;
 pub use groups::MemberChange;
 pub use post::PostOutcome;
+// Public for the test of the post statement's plan (tests/post_rules.rs), not an API.
+#[doc(hidden)]
+pub use post::POST_SQL;
 
 use crate::error::DomainError;
 

@@ -119,7 +119,10 @@ pub(crate) fn conclude(message: &Message, facts: Facts, seq: Option<i64>) -> Res
 /// The `prior` probe reads the statement's snapshot, so a retry racing on another connection
 /// can still commit first: the unique index then refuses this statement and the caller runs
 /// the post again, when the probe finds it.
-pub(crate) const POST_SQL: &str = "WITH input AS MATERIALIZED (
+///
+/// Public (re-exported hidden as `store::POST_SQL`) only so that `tests/post_rules.rs` can
+/// check its plan; nothing outside this crate runs it.
+pub const POST_SQL: &str = "WITH input AS MATERIALIZED (
         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
                              $7::text[], $8::uuid[], $9::text[], $10::timestamptz[])
             WITH ORDINALITY AS t(org_id, group_id, sender, id, content, content_type, attachments,
