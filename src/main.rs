@@ -9,6 +9,8 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
+    // Once logging is set up, a panic anywhere (a request handler included) is one log event.
+    community_chat_api::panics::report_panics_once();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

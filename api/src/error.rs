@@ -69,11 +69,14 @@ impl From<JsonRejection> for ApiError {
 }
 
 impl From<QueryRejection> for ApiError {
+    /// Keeps the parameter's name: `invalid query: pageNum: number too large to fit in target type`.
     fn from(rejection: QueryRejection) -> Self {
-        Self(DomainError::invalid(format!(
-            "invalid query: {}",
-            serde_detail(&rejection.body_text())
-        )))
+        let text = rejection.body_text();
+        let detail = text
+            .strip_prefix("Failed to deserialize query string: ")
+            .map(str::to_owned)
+            .unwrap_or_else(|| serde_detail(&text));
+        Self(DomainError::invalid(format!("invalid query: {detail}")))
     }
 }
 

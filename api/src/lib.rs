@@ -1,10 +1,11 @@
 //! The REST tier: an axum router over [`ChatService`]. Handlers live in [`routes`], the error
-//! shape in [`error`], the caller extractor in [`extract`]; this file wires them together with
-//! tracing, metrics, CORS and body limits.
+//! shape in [`error`], the caller extractor in [`extract`], the answer to a panicking handler
+//! in [`panics`]; this file wires them together with tracing, metrics, CORS and body limits.
 
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod panics;
 pub mod routes;
 
 use std::{sync::Arc, time::Instant};
@@ -16,7 +17,12 @@ use axum::{
     middleware::{self, Next},
     response::Response,
 };
-use community_chat_shared::{auth::Authenticator, config::Config, domain::ChatService, metrics::Metrics};
+use community_chat_shared::{
+    auth::Authenticator,
+    config::Config,
+    domain::ChatService,
+    metrics::{Metrics, UNMATCHED_ROUTE},
+};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::{
     Modify, OpenApi,
@@ -160,6 +166,8 @@ pub fn router(state: AppState, config: &Config) -> Result<Router, String> {
             )
         })
         .layer(DefaultBodyLimit::max(config.limits.max_body_bytes as usize))
+        // Inside `observe_request`, so that a panic is counted and logged as the 500 it answers.
+        .layer(panics::catch_panics())
         .layer(middleware::from_fn_with_state(state.clone(), observe_request))
         .with_state(state);
     if let Some(cors) = cors_layer(config.cors_origins.as_deref())? {
@@ -175,6 +183,7 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/readyz", axum::routing::get(health::readyz))
         .route("/metrics", axum::routing::get(health::metrics))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such route".into()) })
+        .layer(panics::catch_panics())
         .layer(middleware::from_fn_with_state(state.clone(), observe_request))
         .with_state(state)
 }
@@ -210,7 +219,9 @@ fn cors_layer(origins: Option<&str>) -> Result<Option<CorsLayer>, String> {
     ))
 }
 
-/// One span per request (method, route, org, status, latency) and the HTTP metrics.
+/// One span per request (method, route, org, status, latency) and the HTTP metrics. The route
+/// is the matched template, or `unmatched`: never the request's path, so that neither logs nor
+/// metrics grow with the paths clients invent.
 async fn observe_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -218,7 +229,7 @@ async fn observe_request(State(state): State<AppState>, request: Request, next: 
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+        .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
     let org = request
         .headers()
         .get("orgid")

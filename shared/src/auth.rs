@@ -32,7 +32,7 @@ pub struct Authenticator {
     decoding: DecodingKey,
     /// The HS256 secret again, for minting; `None` with public keys (we never hold the private one).
     encoding: Option<EncodingKey>,
-    /// Algorithm, required claims, issuer and audience.
+    /// Algorithm, required claims, `exp` and `nbf` with their leeway, issuer and audience.
     validation: Validation,
     /// Name of the claim that carries the e-mail (falls back to `sub`).
     email_claim: String,
@@ -42,6 +42,10 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Clock skew tolerated on `exp` and `nbf`: a token is accepted up to this many seconds
+    /// after it expires and before it becomes valid.
+    pub const CLOCK_LEEWAY_SECONDS: u64 = 30;
+
     /// Builds the verifier from config. With no key at all and `generate_dev_secret`, a random
     /// secret is created (once) in `DATA_DIR/jwt-secret` and reused on the next start.
     pub fn from_config(config: &Config, generate_dev_secret: bool) -> anyhow::Result<Self> {
@@ -82,7 +86,10 @@ impl Authenticator {
             JwtAlgorithm::Es256 => Algorithm::ES256,
         });
         validation.set_required_spec_claims(&["exp"]);
-        validation.leeway = 30;
+        // `nbf` is optional, but honoured when present: a token minted for later is refused
+        // until then. Both checks allow the same leeway for clock skew between the issuer and us.
+        validation.validate_nbf = true;
+        validation.leeway = Self::CLOCK_LEEWAY_SECONDS;
         match &config.jwt_audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,
@@ -163,6 +170,7 @@ fn describe_jwt_error(kind: &ErrorKind) -> String {
         ErrorKind::ImmatureSignature => "token is not valid yet".into(),
         ErrorKind::InvalidAlgorithm => "token algorithm is not accepted".into(),
         ErrorKind::MissingRequiredClaim(claim) => format!("token has no '{claim}' claim"),
+        ErrorKind::InvalidClaimFormat(claim) => format!("token claim '{claim}' is malformed"),
         _ => "token is malformed".into(),
     }
 }

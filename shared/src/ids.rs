@@ -8,8 +8,9 @@ use uuid::Uuid;
 
 use crate::error::DomainError;
 
-/// An organisation: the tenant boundary. Non-empty, at most 128 printable characters and no
-/// `:` (it is part of Redis channel names).
+/// An organisation: the tenant boundary. 1 to 128 characters of `A-Z a-z 0-9 . _ -`: it is
+/// part of Redis channel names (so never `:`), of logs and of metrics, and an org id must look
+/// like what it is, so invisible, bidirectional and look-alike characters are refused.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct OrgId(String);
@@ -22,15 +23,20 @@ impl OrgId {
         if value.is_empty() {
             return Err(DomainError::invalid("orgid must not be empty"));
         }
+        if !value.chars().all(Self::is_allowed) {
+            return Err(DomainError::invalid(
+                "orgid may only contain the characters A-Z, a-z, 0-9, '.', '_' and '-'",
+            ));
+        }
+        // Every allowed character is one byte, so this counts characters.
         if value.len() > Self::MAX_LEN {
             return Err(DomainError::invalid("orgid is longer than 128 characters"));
         }
-        if value.chars().any(|c| c.is_control() || c.is_whitespace() || c == ':') {
-            return Err(DomainError::invalid(
-                "orgid must not contain spaces, control characters or ':'",
-            ));
-        }
         Ok(Self(value.to_owned()))
+    }
+
+    fn is_allowed(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
     }
 
     pub fn as_str(&self) -> &str {
@@ -51,8 +57,11 @@ impl<'de> Deserialize<'de> for OrgId {
     }
 }
 
-/// A user's e-mail address, lower-cased. The same e-mail in two orgs is two users: an `Email`
-/// is only ever used together with an [`OrgId`].
+/// A user's e-mail address with its ASCII letters lower-cased: `KATE@A.COM` is `kate@a.com`.
+/// Other characters are kept as they are, because Unicode case rules fold some of them into
+/// ASCII letters (the Kelvin sign `\u{212A}` lower-cases to `k`), and `\u{212A}ate@a.com` must
+/// not become `kate@a.com`. The same e-mail in two orgs is two users: an `Email` is only ever
+/// used together with an [`OrgId`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct Email(String);
@@ -61,7 +70,7 @@ impl Email {
     pub const MAX_LEN: usize = 254;
 
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
-        let value = raw.trim().to_lowercase();
+        let value = raw.trim().to_ascii_lowercase();
         let invalid = || DomainError::invalid(format!("'{}' is not a valid e-mail address", raw.trim()));
         if value.is_empty() || value.len() > Self::MAX_LEN {
             return Err(invalid());
@@ -162,11 +171,50 @@ mod tests {
     }
 
     #[test]
-    fn org_id_rejects_separator_and_blank() {
-        assert!(OrgId::parse("my-org").is_ok());
-        assert!(OrgId::parse("").is_err());
-        assert!(OrgId::parse("a:b").is_err());
-        assert!(OrgId::parse(&"x".repeat(129)).is_err());
+    fn email_folds_ascii_letters_only() {
+        assert_eq!(Email::parse("KATE@A.COM").unwrap().as_str(), "kate@a.com");
+        // The Kelvin sign lower-cases to `k` under Unicode rules; it stays itself here.
+        let kelvin = Email::parse("\u{212A}ate@a.com").unwrap();
+        assert_eq!(kelvin.as_str(), "\u{212A}ate@a.com");
+        assert_ne!(kelvin, Email::parse("kate@a.com").unwrap());
+        // Non-ASCII letters are neither folded nor refused.
+        assert_eq!(Email::parse("\u{C4}nn@A.de").unwrap().as_str(), "\u{C4}nn@a.de");
+        assert_eq!(Email::parse("\u{131}an@a.com").unwrap().as_str(), "\u{131}an@a.com");
+    }
+
+    #[test]
+    fn org_id_accepts_its_character_set_up_to_128() {
+        for good in ["my-org", "Org_1.eu", "a", "0", "-._", &"x".repeat(128)] {
+            assert_eq!(OrgId::parse(good).unwrap().as_str(), good);
+        }
+        assert_eq!(OrgId::parse(" my-org ").unwrap().as_str(), "my-org");
+    }
+
+    #[test]
+    fn org_id_refuses_anything_else() {
+        for bad in [
+            "",
+            "   ",
+            "a:b",
+            "a b",
+            "a/b",
+            "a@b",
+            "a+b",
+            "org*",
+            "a\tb",
+            "a\0b",
+            "\u{202E}Agro",
+            "Agro\u{200B}",
+            "\u{2066}org\u{2069}",
+            "org\u{FEFF}",
+            "\u{212A}org",
+            "\u{391}cme",
+            "\u{FF41}cme",
+            "caf\u{E9}",
+            &"x".repeat(129),
+        ] {
+            assert!(OrgId::parse(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 
     #[test]

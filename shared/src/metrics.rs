@@ -2,6 +2,10 @@
 //! plus the families that other parts register as sources (the gateway's sockets, rooms and
 //! queues, the database pool).
 //!
+//! Every label value is bounded, whatever clients send: a method outside the standard ones is
+//! `other` ([`method_label`]), and callers pass a route template or [`UNMATCHED_ROUTE`], never
+//! a request's path. So the number of series depends on the routes, not on the traffic.
+//!
 //! - [`text`]: the one writer of Prometheus text; every family goes through it.
 //! - [`histogram`]: the lock-free latency histogram that hot paths record into.
 //!
@@ -29,6 +33,18 @@ type Source = Box<dyn Fn(&mut Exposition<'_>) + Send + Sync>;
 /// small.
 type HttpSeries = BTreeMap<String, BTreeMap<String, BTreeMap<u16, Histogram>>>;
 
+/// The `route` label of a request that matched no route, whatever its path.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The `method` label of a request: a standard HTTP method by its name, anything else `other`
+/// (HTTP lets clients invent methods, and each would otherwise be a new series).
+pub fn method_label(method: &str) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD.into_iter().find(|m| *m == method).unwrap_or("other")
+}
+
 #[derive(Default)]
 pub struct Metrics {
     /// Written only when a (method, route, status) is first seen; requests otherwise share it.
@@ -38,7 +54,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts and times one request. `route` is the matched route template, or
+    /// [`UNMATCHED_ROUTE`]; `method` may be anything (see [`method_label`]).
     pub fn record_http(&self, method: &str, route: &str, status: u16, latency: Duration) {
+        let method = method_label(method);
         {
             let http = self.http.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(series) = http.get(method).and_then(|r| r.get(route)).and_then(|s| s.get(&status)) {
@@ -148,6 +167,26 @@ mod tests {
             "{out}"
         );
         assert!(out.ends_with("# TYPE extra_gauge gauge\nextra_gauge 7\n"), "{out}");
+    }
+
+    #[test]
+    fn invented_methods_share_one_series() {
+        let metrics = Metrics::default();
+        for i in 0..500 {
+            metrics.record_http(&format!("M{i:05}XXX"), UNMATCHED_ROUTE, 404, Duration::from_millis(1));
+        }
+        metrics.record_http("get", UNMATCHED_ROUTE, 404, Duration::from_millis(1));
+        metrics.record_http("GET", UNMATCHED_ROUTE, 404, Duration::from_millis(1));
+        let out = metrics.render();
+        assert!(
+            out.contains("http_requests_total{method=\"other\",route=\"unmatched\",status=\"404\"} 501\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1\n"),
+            "{out}"
+        );
+        assert_eq!(out.matches("http_requests_total{").count(), 2, "{out}");
     }
 
     #[test]

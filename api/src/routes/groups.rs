@@ -1,5 +1,8 @@
 use axum::{Json, extract::State, http::StatusCode};
-use community_chat_shared::domain::model::{CreateGroup, Group, ListGroups, UpdateGroup};
+use community_chat_shared::{
+    domain::model::{CreateGroup, Group, ListGroups, UpdateGroup},
+    error::DomainError,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -19,6 +22,10 @@ pub enum Visibility {
     Public,
 }
 
+/// The largest `pageNum`. Far more pages than any caller has groups, and small enough that
+/// the row offset it asks for (`(pageNum - 1) * limit`) stays a modest number for every store.
+pub const MAX_PAGE_NUM: u64 = 1_000_000;
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
@@ -26,8 +33,11 @@ pub struct ListQuery {
     /// Only groups attached to this page id.
     page: Option<String>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u64>,
-    /// 1-based page number (default 1).
+    /// 1-based page number, 1 to 1,000,000 (default 1).
+    // `MAX_PAGE_NUM`, spelled out: the attribute takes literals only.
+    #[param(minimum = 1, maximum = 1_000_000)]
     page_num: Option<u64>,
     /// `mine` (default) or `public`.
     visibility: Option<Visibility>,
@@ -64,6 +74,10 @@ pub async fn list_groups(
     AuthCaller(caller): AuthCaller,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<GroupList>, ApiError> {
+    let page_num = query.page_num.unwrap_or(1);
+    if !(1..=MAX_PAGE_NUM).contains(&page_num) {
+        return Err(DomainError::invalid(format!("pageNum must be between 1 and {MAX_PAGE_NUM}")).into());
+    }
     let page = state
         .service
         .list_groups(
@@ -72,7 +86,7 @@ pub async fn list_groups(
                 page: query.page,
                 public_only: query.visibility == Some(Visibility::Public),
                 limit: query.limit,
-                page_num: query.page_num.unwrap_or(1),
+                page_num,
             },
         )
         .await?;

@@ -19,12 +19,14 @@ use crate::{
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u64>,
     /// Messages older than this message id, newest first.
     before: Option<String>,
     /// Messages newer than this message id, oldest first (catch-up).
     after: Option<String>,
     /// Messages with a larger `seq`, oldest first (catch-up by seq; 0 = from the start).
+    #[param(minimum = 0)]
     after_seq: Option<i64>,
 }
 
