@@ -1,7 +1,7 @@
 //! Runs the benchmark harness (`bench/`, `community-chat-bench --smoke`) against the debug
 //! server binary: a small version of every scenario (fan-out, persist, idle, connect, reconnect
-//! storm) on a scaled topology of its own (scratch Postgres database, 2 api + 2 gateway
-//! processes, one Redis prefix). It fails if any message was lost or any request errored.
+//! storm, soak, rate ramp) on a scaled topology of its own (scratch Postgres database, 2 api +
+//! 2 gateway processes, one Redis prefix). It fails if any message was lost or any request errored.
 //! Needs Postgres on 127.0.0.1:5432 and Redis on 127.0.0.1:6379 like the other tests, so it
 //! always runs; `cargo test -- --skip bench_smoke` leaves it out of a run.
 

@@ -537,9 +537,9 @@ async fn the_post_statement_probes_indexes_on_empty_and_grown_tables() {
 
     // On empty tables the costs of the indexes that lead with org_id tie, and Postgres may probe
     // groups through another one (groups_org_page, with id as a filter): still a probe, and
-    // only while the tables are empty, because group commit replaces its connection every
-    // minute (REPLAN_AFTER in shared/src/store/group_commit.rs) and the new one plans from the
-    // sizes of then. So only the shape is asserted here, the indexes after growth.
+    // only while the tables are empty, because group commit closes its prepared statement
+    // every minute (REPLAN_AFTER in shared/src/store/group_commit.rs) and the next batch plans
+    // from the sizes of then. So only the shape is asserted here, the indexes after growth.
     let empty = generic_plan(&server.db.url).await;
     assert_probes_only(&empty, "empty tables");
 

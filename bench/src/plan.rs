@@ -1,6 +1,7 @@
-//! Who is in which group: the users (each with a locally minted HS256 token), the groups
-//! (created over REST by their first member, who is also the one who posts in them), and the
-//! slots that record, per user and group, the last seq the user's socket received.
+//! Who is in which group: the users (each with a token: minted here with the servers' HS256
+//! secret, or printed by an operator's command), the groups (created over REST by their first
+//! member, who is also the one who posts in them), and the slots that record, per user and
+//! group, the last seq the user's socket received.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -11,6 +12,74 @@ use reqwest::header::HeaderValue;
 use serde_json::json;
 
 use crate::rest::Rest;
+
+/// Token commands run at once while issuing tokens.
+const TOKEN_COMMANDS_IN_FLIGHT: usize = 8;
+/// Longest a token command may take.
+const TOKEN_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the users' tokens come from.
+#[derive(Clone, Debug)]
+pub enum Tokens {
+    /// Minted by the bench: HS256 with this secret (the servers' `JWT_SECRET`).
+    Secret(String),
+    /// Printed by this shell command, run once per user with `{org}` and `{email}` replaced
+    /// (also in `$BENCH_ORG` and `$BENCH_EMAIL`): for servers whose keys the bench does not hold.
+    Command(String),
+}
+
+impl Tokens {
+    /// One token per e-mail of `emails`, in order, for `org`, valid for `ttl` at least (a
+    /// command decides its own lifetime).
+    pub async fn issue(&self, org: &str, emails: &[String], ttl: Duration) -> anyhow::Result<Vec<String>> {
+        match self {
+            Tokens::Secret(secret) => emails.iter().map(|email| mint(secret, org, email, ttl)).collect(),
+            Tokens::Command(command) => {
+                futures::stream::iter(emails)
+                    .map(|email| run_token_command(command, org, email))
+                    .buffered(TOKEN_COMMANDS_IN_FLIGHT)
+                    .try_collect()
+                    .await
+            }
+        }
+    }
+}
+
+/// Runs the token command for one user; its trimmed output (a leading `Bearer ` removed).
+async fn run_token_command(command: &str, org: &str, email: &str) -> anyhow::Result<String> {
+    // Org and e-mail are the bench's own (letters, digits, `.-_@`): safe inside a shell word.
+    let line = command.replace("{org}", org).replace("{email}", email);
+    let run = tokio::process::Command::new("sh")
+        .args(["-c", &line])
+        .env("BENCH_ORG", org)
+        .env("BENCH_EMAIL", email)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(TOKEN_COMMAND_TIMEOUT, run)
+        .await
+        .with_context(|| format!("token command for {email} took over {TOKEN_COMMAND_TIMEOUT:?}"))?
+        .with_context(|| format!("running the token command `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "token command `{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8(out.stdout).context("token command printed something other than text")?;
+    let token = text.trim();
+    let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        bail!("token command `{line}` printed no single token: {:.200}", text.trim());
+    }
+    Ok(token.to_owned())
+}
+
+/// The e-mail of user `i`.
+pub fn email(i: usize) -> String {
+    format!("u{i}@bench.test")
+}
 
 pub struct User {
     pub email: String,
@@ -54,16 +123,12 @@ pub fn mint(secret: &str, org: &str, email: &str, ttl: Duration) -> anyhow::Resu
 }
 
 impl Plan {
-    /// `users` users, each in `groups_per_user` groups of (at most) `group_size` members. Layer 0
-    /// puts users in order (users 0..K in group 0, ...); every further layer shuffles them
-    /// (fixed seed), so each user ends up in `groups_per_user` distinct groups.
-    pub fn new(
-        org: &str,
-        secret: &str,
-        users: usize,
-        group_size: usize,
-        groups_per_user: usize,
-    ) -> anyhow::Result<Self> {
+    /// One user per token (user `i` is [`email`]`(i)`, holding `tokens[i]`), each in
+    /// `groups_per_user` groups of (at most) `group_size` members. Layer 0 puts users in order
+    /// (users 0..K in group 0, ...); every further layer shuffles them (fixed seed), so each user
+    /// ends up in `groups_per_user` distinct groups.
+    pub fn new(org: &str, tokens: Vec<String>, group_size: usize, groups_per_user: usize) -> anyhow::Result<Self> {
+        let users = tokens.len();
         if users == 0 || group_size == 0 || groups_per_user == 0 {
             bail!("users, group size and groups per user must be at least 1");
         }
@@ -86,14 +151,13 @@ impl Plan {
                 });
             }
         }
-        let ttl = Duration::from_secs(6 * 3600);
         let mut next_slot = 0u32;
         let users = memberships
             .into_iter()
+            .zip(tokens)
             .enumerate()
-            .map(|(i, groups)| {
-                let email = format!("u{i}@bench.test");
-                let token = mint(secret, org, &email, ttl)?;
+            .map(|(i, (groups, token))| {
+                let email = email(i);
                 let authorization = HeaderValue::from_str(&format!("Bearer {token}"))?;
                 let first_slot = next_slot;
                 next_slot += groups.len() as u32;
@@ -174,7 +238,10 @@ mod tests {
 
     #[test]
     fn every_user_in_distinct_groups() {
-        let plan = Plan::new("o", "0123456789abcdef0123", 100, 10, 3).unwrap();
+        let tokens = (0..100).map(|i| format!("t{i}")).collect();
+        let plan = Plan::new("o", tokens, 10, 3).unwrap();
+        assert_eq!(plan.users[7].token, "t7");
+        assert_eq!(plan.users[7].email, email(7));
         assert_eq!(plan.groups.len(), 30);
         assert_eq!(plan.slots, 300);
         for (i, u) in plan.users.iter().enumerate() {
@@ -187,5 +254,21 @@ mod tests {
             plan.slot(5, plan.users[5].groups[2]),
             Some(plan.users[5].first_slot as usize + 2)
         );
+    }
+
+    #[tokio::test]
+    async fn token_command_gets_org_and_email() {
+        let tokens = Tokens::Command("echo \"Bearer t-{org}-$BENCH_EMAIL\"".into());
+        let issued = tokens
+            .issue("acme", &[email(0), email(1)], Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(issued, ["t-acme-u0@bench.test", "t-acme-u1@bench.test"]);
+        let failing = Tokens::Command("echo nope >&2; exit 3".into());
+        let error = failing
+            .issue("acme", &[email(0)], Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("nope"), "{error:#}");
     }
 }

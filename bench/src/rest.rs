@@ -1,7 +1,10 @@
 //! The REST side: creating groups, and posting messages open-loop (a fixed arrival rate,
 //! whatever the answers) or closed-loop (each poster waits for its answer). A posted message's
 //! content is `b:<n>:<t>`: unique in the run, and `t` is the microsecond (bench clock) the POST
-//! was sent, which the receiving socket subtracts from its own reading of the same clock.
+//! was sent, which the receiving socket subtracts from its own reading of the same clock. Like
+//! the clients the README describes, each post carries a `clientMessageId` of its own (a random
+//! UUID) unless the run turns that off; the bench never retries, so a post answered as a replay
+//! (200) is an error.
 
 use std::{
     collections::BTreeMap,
@@ -24,7 +27,10 @@ use crate::{
 
 pub struct Rest {
     http: reqwest::Client,
+    /// The `orgid` header of every request.
     org: HeaderValue,
+    /// Each post carries a fresh `clientMessageId`.
+    client_message_ids: bool,
 }
 
 #[derive(Deserialize)]
@@ -38,7 +44,7 @@ struct Posted {
 }
 
 impl Rest {
-    pub fn new(org: &str) -> anyhow::Result<Self> {
+    pub fn new(org: &str, client_message_ids: bool) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .http1_only()
             .tcp_nodelay(true)
@@ -48,6 +54,7 @@ impl Rest {
         Ok(Self {
             http,
             org: HeaderValue::from_str(org)?,
+            client_message_ids,
         })
     }
 
@@ -75,8 +82,8 @@ impl Rest {
             .id)
     }
 
-    /// Posts `content` (no JSON escaping needed: bench contents are plain); the stored
-    /// message's seq, or why not.
+    /// Posts `content` (no JSON escaping needed: bench contents are plain), with a fresh
+    /// `clientMessageId` unless they are off; the stored message's seq, or why not.
     pub async fn post_message(
         &self,
         api: &str,
@@ -84,7 +91,14 @@ impl Rest {
         authorization: &HeaderValue,
         content: &str,
     ) -> Result<i64, String> {
-        let body = format!("{{\"content\":\"{content}\"}}");
+        let body = if self.client_message_ids {
+            format!(
+                "{{\"content\":\"{content}\",\"clientMessageId\":\"{}\"}}",
+                random_uuid()
+            )
+        } else {
+            format!("{{\"content\":\"{content}\"}}")
+        };
         let response = self
             .http
             .post(format!("{api}/client/community/groups/{group_id}/messages"))
@@ -100,13 +114,32 @@ impl Rest {
             .bytes()
             .await
             .map_err(|e| format!("response body: {}", describe(e)))?;
-        if status.as_u16() != 201 {
-            return Err(format!("HTTP {}", status.as_u16()));
+        match status.as_u16() {
+            201 => {}
+            // Every clientMessageId is new: a replay means the server matched the wrong post.
+            200 if self.client_message_ids => {
+                return Err("HTTP 200: answered as a replay of a new clientMessageId".into());
+            }
+            code => return Err(format!("HTTP {code}")),
         }
         serde_json::from_slice::<Posted>(&bytes)
             .map(|p| p.seq)
             .map_err(|e| format!("response without seq: {e}"))
     }
+}
+
+/// A random (version 4) UUID, as text.
+pub fn random_uuid() -> String {
+    let bits = (rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// An HTTP error and its causes, without the URL (so errors of many groups count as one kind).
@@ -287,4 +320,21 @@ pub async fn closed_loop(
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_message_ids_are_version_4_uuids() {
+        let a = random_uuid();
+        let b = random_uuid();
+        assert_ne!(a, b);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(parts[2].starts_with('4'), "{a}");
+        assert!(matches!(parts[3].as_bytes()[0], b'8' | b'9' | b'a' | b'b'), "{a}");
+        assert!(a.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
+    }
 }

@@ -1,8 +1,10 @@
-//! The servers a scenario runs against, started by the bench itself and always stopped by it:
+//! The servers a scenario runs against. Started by the bench itself and always stopped by it:
 //! scaled (a fresh Postgres database `cc_bench_<random>`, `migrate`, N `api` and M `gateway`
 //! processes sharing one Redis under a channel prefix of their own) or standalone (one `serve`
 //! process with SQLite and the in-process bus). Dropping a [`Topology`] kills its processes
-//! (SIGKILL) and drops its database, on success and on error alike.
+//! (SIGKILL) and drops its database, on success and on error alike. Or external: servers the
+//! bench did not start (an operator's install, another implementation of the same API), reached
+//! by URL, whose CPU the bench cannot see.
 
 use std::{
     fs::File,
@@ -14,11 +16,14 @@ use std::{
 
 use anyhow::{Context, bail};
 
+use crate::{client::GatewayEndpoint, plan::Tokens, stats::CpuSnapshot};
+
 /// Environment variables the server reads (shared/src/config.rs): never inherited from the
 /// bench's own environment, so a developer's settings cannot change what is measured.
 const CONFIG_VARS: &[&str] = &[
     "DATABASE_URL",
     "DATABASE_MAX_CONNECTIONS",
+    "DATABASE_POST_BATCH",
     "REDIS_URL",
     "REDIS_SHARDED_PUBSUB",
     "REDIS_CHANNEL_PREFIX",
@@ -59,6 +64,8 @@ pub enum Target {
     Scaled,
     /// One `serve` process (SQLite, in-process bus): it is the API and the gateway.
     Standalone,
+    /// Servers the bench did not start, given by URL (--api-url, --gateway-url).
+    External,
 }
 
 impl Target {
@@ -66,11 +73,12 @@ impl Target {
         match self {
             Target::Scaled => "scaled",
             Target::Standalone => "standalone",
+            Target::External => "external",
         }
     }
 }
 
-/// How to start the servers.
+/// How to start the servers, or where the external ones are.
 #[derive(Clone, Debug)]
 pub struct Launch {
     pub target: Target,
@@ -81,6 +89,107 @@ pub struct Launch {
     /// `RUST_LOG` of the servers.
     pub server_log: String,
     pub keep_logs: bool,
+    /// The servers of `--target external`.
+    pub external: External,
+}
+
+/// Servers the bench did not start.
+#[derive(Clone, Debug, Default)]
+pub struct External {
+    /// Base URLs of the REST API (`http[s]://host[:port][/prefix]`): API processes, or the load
+    /// balancer in front of them. Requests go round-robin over them.
+    pub api_urls: Vec<String>,
+    /// Socket.IO endpoints (`http://` or `ws://host[:port][/prefix]`): gateways, or the load
+    /// balancer in front of them. Sockets are spread round-robin over them.
+    pub gateway_urls: Vec<String>,
+    /// Where the users' tokens come from (`None` until one is given).
+    pub tokens: Option<Tokens>,
+    /// Each scenario run uses the org `<prefix>-<random>`, so that its groups and messages stay
+    /// apart from every other tenant's and from earlier runs'.
+    pub org_prefix: String,
+}
+
+impl External {
+    /// Why these settings cannot drive a run, if they cannot.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.api_urls.is_empty() || self.gateway_urls.is_empty() {
+            bail!("--target external needs at least one --api-url and one --gateway-url");
+        }
+        if self.tokens.is_none() {
+            bail!(
+                "--target external needs the servers' HS256 secret (--jwt-secret or BENCH_JWT_SECRET) \
+                 or a --token-command that prints a token for {{org}} and {{email}}"
+            );
+        }
+        let prefix_ok = !self.org_prefix.is_empty()
+            && self.org_prefix.len() <= 40
+            && self
+                .org_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !prefix_ok {
+            bail!("--org-prefix must be 1 to 40 letters, digits, '-', '_' or '.'");
+        }
+        for url in &self.gateway_urls {
+            let parsed = reqwest::Url::parse(url).with_context(|| format!("--gateway-url {url}"))?;
+            check_gateway_scheme(url, parsed.scheme())?;
+        }
+        for url in &self.api_urls {
+            let parsed = reqwest::Url::parse(url).with_context(|| format!("--api-url {url}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                bail!("--api-url {url}: expected http://host[:port] or https://host[:port]");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The socket client speaks plain WebSocket only.
+fn check_gateway_scheme(url: &str, scheme: &str) -> anyhow::Result<()> {
+    match scheme {
+        "http" | "ws" => Ok(()),
+        "https" | "wss" => bail!(
+            "--gateway-url {url}: the bench's socket client speaks plain WebSocket only; give a plain \
+             http:// address of the gateways (a port-forward, or their service inside the cluster)"
+        ),
+        other => bail!("--gateway-url {url}: unknown scheme {other} (expected http:// or ws://)"),
+    }
+}
+
+/// Whether a Postgres process title names `database` as one of its words.
+fn names_database(title: &str, database: &str) -> bool {
+    title
+        .split(|c: char| c.is_whitespace() || c == '\0')
+        .any(|word| word == database)
+}
+
+/// Resolves a `--gateway-url` to the address to dial and the host and path to name.
+pub async fn gateway_endpoint(url: &str) -> anyhow::Result<GatewayEndpoint> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("--gateway-url {url}"))?;
+    check_gateway_scheme(url, parsed.scheme())?;
+    let port = parsed.port().unwrap_or(80);
+    let Some(host_text) = parsed.host_str().filter(|h| !h.is_empty()) else {
+        bail!("--gateway-url {url}: no host");
+    };
+    let bare = host_text.trim_start_matches('[').trim_end_matches(']');
+    let addr = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::from((ip, port)),
+        Err(_) => tokio::net::lookup_host((bare, port))
+            .await
+            .with_context(|| format!("--gateway-url {url}: resolving {bare}"))?
+            .next()
+            .with_context(|| format!("--gateway-url {url}: {bare} has no address"))?,
+    };
+    let host = match parsed.port() {
+        Some(port) => format!("{host_text}:{port}"),
+        None => host_text.to_owned(),
+    };
+    let prefix = parsed.path().trim_end_matches('/');
+    Ok(GatewayEndpoint {
+        addr,
+        host,
+        path: format!("{prefix}/socket.io/"),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,8 +217,13 @@ impl Server {
 
 pub struct Topology {
     pub launch: Launch,
+    /// The processes the bench started (none for an external target).
     pub servers: Vec<Server>,
-    pub jwt_secret: String,
+    /// Where the users' tokens come from: the secret the started servers verify with, or the
+    /// external target's secret or command.
+    pub tokens: Tokens,
+    /// External target: the gateways' endpoints, resolved once.
+    pub external_gateways: Vec<GatewayEndpoint>,
     pub redis_prefix: String,
     /// The scratch database (scaled only): name and URL.
     pub database: Option<(String, String)>,
@@ -159,7 +273,8 @@ impl Topology {
         let mut topology = Topology {
             launch: launch.clone(),
             servers: Vec::new(),
-            jwt_secret: format!("bench-secret-{}", random_hex(16)),
+            tokens: Tokens::Secret(format!("bench-secret-{}", random_hex(16))),
+            external_gateways: Vec::new(),
             redis_prefix: format!("cc-bench-{id}"),
             database: None,
             dir,
@@ -172,6 +287,26 @@ impl Topology {
         started.map(|()| topology)
     }
 
+    /// The servers of `--target external`: nothing is started; gateway names are resolved.
+    pub async fn external(launch: &Launch) -> anyhow::Result<Self> {
+        let external = &launch.external;
+        external.check()?;
+        let mut gateways = Vec::new();
+        for url in &external.gateway_urls {
+            gateways.push(gateway_endpoint(url).await?);
+        }
+        Ok(Topology {
+            launch: launch.clone(),
+            servers: Vec::new(),
+            tokens: external.tokens.clone().context("no token source")?,
+            external_gateways: gateways,
+            redis_prefix: String::new(),
+            database: None,
+            dir: PathBuf::new(),
+            keep_dir: false,
+        })
+    }
+
     async fn start_servers(
         &mut self,
         apis: usize,
@@ -179,8 +314,11 @@ impl Topology {
         env: &[(&str, String)],
         id: &str,
     ) -> anyhow::Result<()> {
+        let Tokens::Secret(secret) = &self.tokens else {
+            bail!("servers the bench starts verify tokens with a secret of the bench's own");
+        };
         let mut common: Vec<(&str, String)> = vec![
-            ("JWT_SECRET", self.jwt_secret.clone()),
+            ("JWT_SECRET", secret.clone()),
             ("LISTEN_ADDR", "127.0.0.1:0".into()),
             ("RUST_LOG", self.launch.server_log.clone()),
             ("SHUTDOWN_DRAIN_SECONDS", "1".into()),
@@ -204,6 +342,7 @@ impl Topology {
                 common.push(("DATA_DIR", self.dir.join("data").display().to_string()));
                 plan.push(("serve".into(), Role::Both, "serve"));
             }
+            Target::External => bail!("an external target's servers are not started by the bench"),
         }
         for (name, role, subcommand) in plan {
             let server = self.spawn(&name, role, subcommand, &common)?;
@@ -276,34 +415,43 @@ impl Topology {
         self.servers.iter().filter(|s| s.role != Role::Api).collect()
     }
 
-    /// `http://ADDR` of each API process.
+    /// Base URL of each API process (`http://ADDR`), or the external target's API URLs.
     pub fn api_urls(&self) -> Vec<String> {
+        if self.launch.target == Target::External {
+            return self
+                .launch
+                .external
+                .api_urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect();
+        }
         self.apis().iter().map(|s| format!("http://{}", s.addr)).collect()
     }
 
-    pub fn gateway_addrs(&self) -> Vec<SocketAddr> {
-        self.gateways().iter().map(|s| s.addr).collect()
-    }
-
-    /// The process groups whose CPU a scenario reports: the tiers, Postgres, Redis, the bench.
-    pub fn cpu_groups(&self) -> Vec<(String, Vec<u32>)> {
-        let mut groups = Vec::new();
-        match self.launch.target {
-            Target::Scaled => {
-                groups.push(("gateway".to_owned(), self.gateways().iter().map(|s| s.pid).collect()));
-                groups.push(("api".to_owned(), self.apis().iter().map(|s| s.pid).collect()));
-                groups.push(("postgres".to_owned(), crate::stats::pids_named("postgres")));
-                groups.push(("redis".to_owned(), crate::stats::pids_named("redis-server")));
-            }
-            Target::Standalone => {
-                groups.push(("serve".to_owned(), self.servers.iter().map(|s| s.pid).collect()));
-            }
+    /// Where sockets connect: each gateway, or the external target's gateway endpoints.
+    pub fn gateway_endpoints(&self) -> Vec<GatewayEndpoint> {
+        if self.launch.target == Target::External {
+            return self.external_gateways.clone();
         }
-        groups.push(("bench".to_owned(), vec![std::process::id()]));
-        groups
+        self.gateways()
+            .iter()
+            .map(|s| GatewayEndpoint::direct(s.addr))
+            .collect()
     }
 
-    /// The gateways' `gateway_*` counters from `/metrics`, summed over the live gateways.
+    /// What [`CpuProbe::snapshot`] needs to take the CPU of this topology's processes.
+    pub fn cpu_probe(&self) -> CpuProbe {
+        CpuProbe {
+            target: self.launch.target,
+            gateway_pids: self.gateways().iter().map(|s| s.pid).collect(),
+            api_pids: self.apis().iter().map(|s| s.pid).collect(),
+            database: self.database.as_ref().map(|(name, _)| name.clone()),
+        }
+    }
+
+    /// The gateways' `gateway_*` counters from `/metrics`, summed over the live gateways (none
+    /// for an external target: behind a load balancer they would be one pod's).
     pub async fn gateway_counters(&self) -> Vec<(String, f64)> {
         crate::stats::sum_counters(self.gateways().iter().map(|s| s.addr.to_string()), "gateway_").await
     }
@@ -337,6 +485,82 @@ impl Topology {
     }
 }
 
+/// The processes whose CPU a scenario reports, taken apart from the [`Topology`] so that a
+/// snapshot can run on a blocking thread while the load goes on.
+#[derive(Clone, Debug)]
+pub struct CpuProbe {
+    target: Target,
+    gateway_pids: Vec<u32>,
+    api_pids: Vec<u32>,
+    /// Scaled: the bench's database, whose backends are told apart from the rest of Postgres.
+    database: Option<String>,
+}
+
+impl CpuProbe {
+    /// The labelled process groups: the tiers; `postgres` = the backends of the bench's own
+    /// database (its connections and autovacuum workers) and `postgres-other` = every other
+    /// Postgres process (the server-wide writers and checkpointer, and other databases' backends,
+    /// busy with whatever else runs on the machine); Redis; the bench. External: the bench only.
+    pub fn groups(&self) -> Vec<(String, Vec<u32>)> {
+        let mut groups = Vec::new();
+        match self.target {
+            Target::Scaled => {
+                groups.push(("gateway".to_owned(), self.gateway_pids.clone()));
+                groups.push(("api".to_owned(), self.api_pids.clone()));
+                let all = crate::stats::pids_named("postgres");
+                let (ours, others): (Vec<u32>, Vec<u32>) =
+                    all.into_iter().partition(|p| self.serves_bench_database(*p));
+                groups.push(("postgres".to_owned(), ours));
+                groups.push(("postgres-other".to_owned(), others));
+                groups.push(("redis".to_owned(), crate::stats::pids_named("redis-server")));
+            }
+            Target::Standalone => {
+                let mut pids = self.gateway_pids.clone();
+                pids.extend(self.api_pids.iter().filter(|p| !self.gateway_pids.contains(p)));
+                groups.push(("serve".to_owned(), pids));
+            }
+            Target::External => {}
+        }
+        groups.push(("bench".to_owned(), vec![std::process::id()]));
+        groups
+    }
+
+    /// The labels [`Self::groups`] gives, without looking anything up.
+    pub fn labels(&self) -> Vec<String> {
+        let labels: &[&str] = match self.target {
+            Target::Scaled => &["gateway", "api", "postgres", "postgres-other", "redis", "bench"],
+            Target::Standalone => &["serve", "bench"],
+            Target::External => &["bench"],
+        };
+        labels.iter().map(|l| (*l).to_owned()).collect()
+    }
+
+    /// Whether a Postgres process works for the bench's database: its process title (Postgres
+    /// keeps it up to date, `postgres: [cluster: ]user database host(port) state`, or
+    /// `autovacuum worker database`) names it. Read from `/proc`, so it needs no connection:
+    /// a server at its connection limit is still measured.
+    fn serves_bench_database(&self, pid: u32) -> bool {
+        let Some(database) = &self.database else {
+            return false;
+        };
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|title| names_database(&String::from_utf8_lossy(&title), database))
+    }
+
+    /// A CPU snapshot of [`Self::groups`], taken on a blocking thread (it reads a few files of
+    /// `/proc` per process) so that the sockets and posters of the run are not held up.
+    pub async fn snapshot(&self) -> CpuSnapshot {
+        let probe = self.clone();
+        match tokio::task::spawn_blocking(move || CpuSnapshot::take(&probe.groups())).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                eprintln!("warning: a CPU snapshot failed: {e}");
+                CpuSnapshot::default()
+            }
+        }
+    }
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         for server in &mut self.servers {
@@ -353,10 +577,13 @@ impl Drop for Topology {
         {
             eprintln!("warning: could not drop the bench database {name}: {e}");
         }
+        if self.launch.target == Target::External {
+            return;
+        }
         if self.keep_dir {
             eprintln!("server logs kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+        } else if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("warning: could not remove {}: {e}", self.dir.display());
         }
     }
 }
@@ -472,6 +699,60 @@ pub fn pgbench_insert_ceiling(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn gateway_urls_name_host_and_path() {
+        let plain = gateway_endpoint("http://127.0.0.1:8080").await.unwrap();
+        assert_eq!(plain.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(
+            (plain.host.as_str(), plain.path.as_str()),
+            ("127.0.0.1:8080", "/socket.io/")
+        );
+        let prefixed = gateway_endpoint("ws://[::1]/chat/").await.unwrap();
+        assert_eq!(prefixed.addr, "[::1]:80".parse().unwrap());
+        assert_eq!(
+            (prefixed.host.as_str(), prefixed.path.as_str()),
+            ("[::1]", "/chat/socket.io/")
+        );
+        let named = gateway_endpoint("http://localhost:9000").await.unwrap();
+        assert!(named.addr.ip().is_loopback() && named.host == "localhost:9000");
+        let tls = gateway_endpoint("https://chat.example.com").await.unwrap_err();
+        assert!(tls.to_string().contains("plain WebSocket"), "{tls}");
+    }
+
+    #[test]
+    fn external_settings_are_checked() {
+        let mut external = External {
+            api_urls: vec!["http://127.0.0.1:8080".into()],
+            gateway_urls: vec!["http://127.0.0.1:8080".into()],
+            tokens: Some(Tokens::Secret("s".repeat(32))),
+            org_prefix: "bench".into(),
+        };
+        external.check().unwrap();
+        external.org_prefix = "no spaces".into();
+        assert!(external.check().is_err());
+        external.org_prefix = "bench".into();
+        external.tokens = None;
+        assert!(external.check().unwrap_err().to_string().contains("--token-command"));
+        external.tokens = Some(Tokens::Command("true".into()));
+        external.api_urls = vec!["ftp://x".into()];
+        assert!(external.check().is_err());
+    }
+
+    #[test]
+    fn backends_are_told_by_their_title() {
+        let db = "cc_bench_0a1b2c";
+        assert!(names_database(
+            "postgres: 15/main: postgres cc_bench_0a1b2c 127.0.0.1(5910) idle   ",
+            db
+        ));
+        assert!(names_database("postgres: autovacuum worker cc_bench_0a1b2c\0", db));
+        assert!(!names_database(
+            "postgres: 15/main: postgres cc_bench_0a1b2c9 127.0.0.1(5910) idle",
+            db
+        ));
+        assert!(!names_database("postgres: 15/main: walwriter", db));
+    }
 
     #[test]
     fn database_in_url() {

@@ -8,8 +8,9 @@
 //! - `socket`: one socket's task (handshake, reading a connection, reconnecting);
 //! - `delivery`: what a connection does with what it receives (seq order, gaps, syncs, catch-up).
 //!
-//! Each socket binds its TCP socket to one of several source addresses (127.0.0.2, 127.0.0.3,
-//! ...) before connecting, so the ephemeral port range of one address is not a ceiling.
+//! A socket to a loopback gateway binds its TCP socket to one of several source addresses
+//! (127.0.0.2, 127.0.0.3, ...) before connecting, so the ephemeral port range of one address is
+//! not a ceiling; a socket to any other address leaves the source to the system.
 
 mod delivery;
 mod socket;
@@ -38,9 +39,32 @@ const MAX_RECONNECT_DELAY_MS: u64 = 5_000;
 /// Distinct error texts kept (counts beyond go to "other").
 const MAX_ERROR_KINDS: usize = 40;
 
+/// A gateway (or the load balancer in front of the gateways) a socket connects to.
+#[derive(Clone, Debug)]
+pub struct GatewayEndpoint {
+    /// The address dialled.
+    pub addr: SocketAddr,
+    /// `host[:port]` the WebSocket upgrade names in its `Host` header: what an ingress or a
+    /// load balancer routes by.
+    pub host: String,
+    /// The Socket.IO path, `/socket.io/` unless the gateways sit under a path prefix.
+    pub path: String,
+}
+
+impl GatewayEndpoint {
+    /// A gateway listening on `addr` itself.
+    pub fn direct(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            host: addr.to_string(),
+            path: "/socket.io/".to_owned(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    pub gateways: Vec<SocketAddr>,
+    pub gateways: Vec<GatewayEndpoint>,
     pub source_ips: Vec<Ipv4Addr>,
     pub handshake_timeout: Duration,
     /// After a disconnect: reconnect to the next gateway after a random delay in this range

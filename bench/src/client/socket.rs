@@ -118,15 +118,27 @@ impl Clients {
     }
 
     async fn handshake(&self, user: u32, gateway: usize, sync: bool) -> Result<Ws, String> {
-        let addr = self.cfg.gateways[gateway];
-        let source = self.cfg.source_ips[user as usize % self.cfg.source_ips.len()];
-        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-        socket
-            .bind(SocketAddr::from((source, 0)))
-            .map_err(|e| format!("bind {source}: {e}"))?;
+        let endpoint = &self.cfg.gateways[gateway];
+        let addr = endpoint.addr;
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| format!("socket: {e}"))?;
+        // Loopback only: spread the sockets over several source addresses.
+        if addr.is_ipv4() && addr.ip().is_loopback() && !self.cfg.source_ips.is_empty() {
+            let source = self.cfg.source_ips[user as usize % self.cfg.source_ips.len()];
+            socket
+                .bind(SocketAddr::from((source, 0)))
+                .map_err(|e| format!("bind {source}: {e}"))?;
+        }
         let tcp = socket.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+        // Without it every small frame waits for an ack; a failure only costs latency.
+        if let Err(e) = tcp.set_nodelay(true) {
+            self.note(&format!("TCP_NODELAY: {e}"));
+        }
+        let url = format!("ws://{}{}?EIO=4&transport=websocket", endpoint.host, endpoint.path);
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
         let (mut ws, _) = client_async_with_config(url, tcp, Some(config))
             .await

@@ -12,8 +12,8 @@ use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
 
-use super::{Ctx, Report, SocketsGuard, setup};
-use crate::{client::Clients, rest::PostStats, stats::CpuSnapshot};
+use super::{Ctx, Report, Shape, SocketsGuard, setup};
+use crate::{client::Clients, rest::PostStats};
 
 /// Groups checked for auto-join after connecting (one message each).
 const CHECKED_GROUPS: usize = 200;
@@ -71,9 +71,10 @@ pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> anyhow::Result<Report> {
     );
     ctx.check_sockets(s.sockets)?;
     let mut report = Report::new("connect", ctx, repeat);
-    let mut setup = setup(ctx, 1, s.gateways, s.sockets, s.group_size, s.groups_per_user).await?;
+    let shape = Shape::new(1, s.gateways, s.sockets, s.group_size).groups_per_user(s.groups_per_user);
+    let mut setup = setup(ctx, shape).await?;
     let plan = setup.plan.clone();
-    let gateways = setup.topology.gateway_addrs();
+    let gateways = setup.topology.gateway_endpoints();
     report.line(
         "shape",
         format!(
@@ -86,17 +87,15 @@ pub async fn run(ctx: &Ctx, args: &ConnectArgs) -> anyhow::Result<Report> {
             s.concurrency
         ),
     );
-    report.line(
-        "set-up",
-        format!("{:.1} s (servers, users, groups over REST)", setup.seconds),
-    );
+    report.line("set-up", setup.took());
 
     let clients = Clients::new(plan.clone(), ctx.client_config(gateways.clone(), None));
     let _guard = SocketsGuard(clients.clone());
-    let before = CpuSnapshot::take(&setup.topology.cpu_groups());
+    let probe = setup.topology.cpu_probe();
+    let before = probe.snapshot().await;
     let sockets: Vec<(u32, usize)> = (0..s.sockets).map(|u| (u as u32, u % gateways.len())).collect();
     let connected = clients.connect_all(sockets, s.concurrency).await;
-    let after = CpuSnapshot::take(&setup.topology.cpu_groups());
+    let after = probe.snapshot().await;
     let rate = connected.ok as f64 / connected.seconds.max(1e-9);
     let handshake = clients.handshake_latency.summary();
     report.line(

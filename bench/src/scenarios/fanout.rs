@@ -11,11 +11,11 @@ use clap::Args;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Ctx, Report, SocketsGuard, seconds_between, setup};
+use super::{Ctx, Report, Shape, SocketsGuard, seconds_between, setup};
 use crate::{
     client::Clients,
     rest::{PostStats, open_loop},
-    stats::CpuSnapshot,
+    topology::Target,
 };
 
 #[derive(Clone, Debug, Default, Args)]
@@ -79,9 +79,9 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     );
     ctx.check_sockets(s.sockets)?;
     let mut report = Report::new("fanout", ctx, repeat);
-    let mut setup = setup(ctx, 2, 2, s.sockets, s.group_size, 1).await?;
+    let mut setup = setup(ctx, Shape::new(2, 2, s.sockets, s.group_size)).await?;
     let plan = setup.plan.clone();
-    let gateways = setup.topology.gateway_addrs();
+    let gateways = setup.topology.gateway_endpoints();
     let groups = plan.groups.len();
     report.line(
         "shape",
@@ -95,10 +95,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
             setup.apis.len()
         ),
     );
-    report.line(
-        "set-up",
-        format!("{:.1} s (servers, users, groups over REST)", setup.seconds),
-    );
+    report.line("set-up", setup.took());
 
     let clients = Clients::new(plan.clone(), ctx.client_config(gateways.clone(), None));
     let _guard = SocketsGuard(clients.clone());
@@ -122,7 +119,8 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
         ));
     }
 
-    let before = CpuSnapshot::take(&setup.topology.cpu_groups());
+    let probe = setup.topology.cpu_probe();
+    let before = probe.snapshot().await;
     let stats = Arc::new(PostStats::new(groups));
     let targets = Arc::new((0..groups as u32).collect::<Vec<_>>());
     let (_stop, stop_rx) = watch::channel(false);
@@ -144,7 +142,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
             c.delivered.load(Ordering::Relaxed) >= expected
         })
         .await;
-    let after = CpuSnapshot::take(&setup.topology.cpu_groups());
+    let after = probe.snapshot().await;
 
     let delivered = clients.delivered.load(Ordering::Relaxed);
     let first = stats.first_post_us.load(Ordering::Relaxed);
@@ -183,10 +181,15 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
         ),
     );
     report.line("POST->socket", latency.line());
-    report.line(
-        "per gateway CPU-second",
-        format!("{per_gateway_core:.0} deliveries (gateway CPU {gateway_cpu:.2} s)"),
-    );
+    let server_cpu = ctx.launch.target != Target::External;
+    if server_cpu {
+        report.line(
+            "per gateway CPU-second",
+            format!("{per_gateway_core:.0} deliveries (gateway CPU {gateway_cpu:.2} s)"),
+        );
+    } else {
+        report.note("external target: the servers' CPU is not visible to the bench (only its own is shown)");
+    }
     report.cpu(&used, wall, Some((delivered as f64 / 1000.0, "1k deliveries")));
     let duplicates = clients.duplicates.load(Ordering::Relaxed);
     let unexpected = clients.unexpected.load(Ordering::Relaxed);
@@ -227,10 +230,12 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
         report.problem(crash);
     }
 
-    report.target(
-        per_gateway_core >= 100_000.0,
-        format!(">= 100,000 deliveries/s per gateway core: {per_gateway_core:.0} per gateway CPU-second"),
-    );
+    if server_cpu {
+        report.target(
+            per_gateway_core >= 100_000.0,
+            format!(">= 100,000 deliveries/s per gateway core: {per_gateway_core:.0} per gateway CPU-second"),
+        );
+    }
     if s.rate >= 5000.0 && s.group_size == 10 {
         report.target(
             rate >= 50_000.0 && latency.p50 <= 5.0 && latency.p99 <= 25.0,
@@ -256,7 +261,9 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> anyhow::Result<Report> {
     report.set("deliveries_per_s", json!(rate));
     report.set("latency", latency.json());
     report.set("post_latency", post_latency.json());
-    report.set("deliveries_per_gateway_cpu_s", json!(per_gateway_core));
+    if server_cpu {
+        report.set("deliveries_per_gateway_cpu_s", json!(per_gateway_core));
+    }
     report.set("lost", json!(lost));
     report.set("gaps", json!(gaps));
     report.set("duplicates", json!(duplicates));

@@ -8,9 +8,9 @@ use std::{sync::atomic::Ordering, time::Duration};
 use clap::Args;
 use serde_json::json;
 
-use super::{Ctx, Report, SocketsGuard, setup};
+use super::{Ctx, Report, Shape, SocketsGuard, setup};
 use crate::{
-    client::Clients,
+    client::{Clients, GatewayEndpoint},
     stats::{cpu_seconds, memory},
 };
 
@@ -67,7 +67,7 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> anyhow::Result<Report> {
     );
     ctx.check_sockets(s.sockets)?;
     let mut report = Report::new("idle", ctx, repeat);
-    let mut setup = setup(ctx, 1, 1, s.sockets, s.group_size, 1).await?;
+    let mut setup = setup(ctx, Shape::new(1, 1, s.sockets, s.group_size)).await?;
     let plan = setup.plan.clone();
     let gateway = setup.topology.gateways()[0];
     let (gateway_pid, gateway_addr) = (gateway.pid, gateway.addr);
@@ -84,7 +84,10 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(s.settle)).await;
     let before = memory(gateway_pid).ok_or_else(|| anyhow::anyhow!("cannot read the gateway's smaps_rollup"))?;
     let bench_before = memory(std::process::id()).unwrap_or_default();
-    let clients = Clients::new(plan.clone(), ctx.client_config(vec![gateway_addr], None));
+    let clients = Clients::new(
+        plan.clone(),
+        ctx.client_config(vec![GatewayEndpoint::direct(gateway_addr)], None),
+    );
     let _guard = SocketsGuard(clients.clone());
     let sockets: Vec<(u32, usize)> = (0..s.sockets).map(|u| (u as u32, 0)).collect();
     let connected = clients.connect_all(sockets, s.connect_concurrency).await;

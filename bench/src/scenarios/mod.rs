@@ -5,10 +5,16 @@
 pub mod connect;
 pub mod fanout;
 pub mod idle;
+pub mod intervals;
 pub mod persist;
+pub mod ramp;
+pub mod soak;
 pub mod storm;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use serde_json::{Map, Value, json};
 
@@ -16,17 +22,23 @@ pub use connect::ConnectArgs;
 pub use fanout::FanoutArgs;
 pub use idle::IdleArgs;
 pub use persist::PersistArgs;
+pub use ramp::RampArgs;
+pub use soak::SoakArgs;
 pub use storm::StormArgs;
 
 use crate::{
-    client::{ClientConfig, Clients, source_ips},
-    plan::Plan,
+    client::{ClientConfig, Clients, GatewayEndpoint, source_ips},
+    plan::{Plan, Tokens, email},
     rest::Rest,
     topology::{Launch, Target, Topology},
 };
 
-/// The org every bench user belongs to (each run has a database of its own).
+/// The org every bench user belongs to on servers the bench started (each run has a database
+/// of its own); an external target gets `<org prefix>-<random>` instead.
 pub const ORG: &str = "bench-org";
+
+/// How long the users' tokens stay valid unless a scenario needs longer.
+const TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 
 /// What every scenario gets from the command line.
 pub struct Ctx {
@@ -34,14 +46,49 @@ pub struct Ctx {
     pub source_ips: u8,
     pub smoke: bool,
     pub fd_limit: u64,
+    /// Posts carry a `clientMessageId` (`--no-client-message-id` turns it off).
+    pub client_message_ids: bool,
 }
 
 impl Ctx {
-    /// The exact command that repeats a scenario with these settings.
+    /// The exact command that repeats a scenario with these settings (an external target's
+    /// secret is left to `BENCH_JWT_SECRET`, never printed).
     pub fn repeat(&self, scenario: &str, args: &[(&str, String)]) -> String {
         let args: Vec<String> = args.iter().map(|(k, v)| format!("--{k} {v}")).collect();
+        let ids = if self.client_message_ids {
+            ""
+        } else {
+            " --no-client-message-id"
+        };
+        if self.launch.target == Target::External {
+            let external = &self.launch.external;
+            let mut servers: Vec<String> = Vec::new();
+            servers.extend(
+                external
+                    .api_urls
+                    .iter()
+                    .map(|u| format!("--api-url {}", shell_quote(u))),
+            );
+            servers.extend(
+                external
+                    .gateway_urls
+                    .iter()
+                    .map(|u| format!("--gateway-url {}", shell_quote(u))),
+            );
+            let (env, auth) = match &external.tokens {
+                Some(Tokens::Command(c)) => (String::new(), format!(" --token-command {}", shell_quote(c))),
+                _ => ("BENCH_JWT_SECRET=... ".to_owned(), String::new()),
+            };
+            return format!(
+                "{env}cargo run --release -p community-chat-bench -- --target external {}{auth} --org-prefix {} --source-ips {}{ids} {scenario} {}",
+                servers.join(" "),
+                external.org_prefix,
+                self.source_ips,
+                args.join(" ")
+            );
+        }
         format!(
-            "COMMUNITY_CHAT_BIN={} cargo run --release -p community-chat-bench -- --target {} --source-ips {} --server-log {} {scenario} {}",
+            "COMMUNITY_CHAT_BIN={} cargo run --release -p community-chat-bench -- --target {} --source-ips {} --server-log {}{ids} {scenario} {}",
             self.launch.bin.display(),
             self.launch.target.as_str(),
             self.source_ips,
@@ -56,7 +103,7 @@ impl Ctx {
         (self.fd_limit as usize).saturating_sub(sockets + 300).clamp(50, 20_000)
     }
 
-    pub fn client_config(&self, gateways: Vec<std::net::SocketAddr>, reconnect: Option<(u64, u64)>) -> ClientConfig {
+    pub fn client_config(&self, gateways: Vec<GatewayEndpoint>, reconnect: Option<(u64, u64)>) -> ClientConfig {
         ClientConfig {
             gateways,
             source_ips: source_ips(self.source_ips),
@@ -85,6 +132,48 @@ pub fn load_env() -> Vec<(&'static str, String)> {
     vec![("SOCKET_SENDS_PER_SECOND", "100000".to_owned())]
 }
 
+/// What a scenario asks [`setup`] for.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    /// API processes to start (an external target has its own).
+    pub apis: usize,
+    /// Gateway processes to start (an external target has its own).
+    pub gateways: usize,
+    /// Users, one socket each at most.
+    pub users: usize,
+    /// Members per group (the last group of a layer may have fewer).
+    pub group_size: usize,
+    /// Groups each user is in.
+    pub groups_per_user: usize,
+    /// How long the users' tokens must stay valid.
+    pub token_ttl: Duration,
+}
+
+impl Shape {
+    /// `users` users, each in one group of `group_size`, over `apis` and `gateways` processes.
+    pub fn new(apis: usize, gateways: usize, users: usize, group_size: usize) -> Self {
+        Self {
+            apis,
+            gateways,
+            users,
+            group_size,
+            groups_per_user: 1,
+            token_ttl: TOKEN_TTL,
+        }
+    }
+
+    pub fn groups_per_user(mut self, groups: usize) -> Self {
+        self.groups_per_user = groups;
+        self
+    }
+
+    /// Tokens valid for a run of `run` (and an hour more), six hours at least.
+    pub fn lasting(mut self, run: Duration) -> Self {
+        self.token_ttl = TOKEN_TTL.max(run + Duration::from_secs(3600));
+        self
+    }
+}
+
 /// Servers, a REST client, and users in groups created over REST.
 pub struct Setup {
     pub topology: Topology,
@@ -94,19 +183,28 @@ pub struct Setup {
     pub seconds: f64,
 }
 
-pub async fn setup(
-    ctx: &Ctx,
-    apis: usize,
-    gateways: usize,
-    users: usize,
-    group_size: usize,
-    groups_per_user: usize,
-) -> anyhow::Result<Setup> {
+pub async fn setup(ctx: &Ctx, shape: Shape) -> anyhow::Result<Setup> {
     let started = Instant::now();
-    let topology = Topology::start(&ctx.launch, apis, gateways, &load_env()).await?;
-    let rest = Arc::new(Rest::new(ORG)?);
+    let (topology, org) = match ctx.launch.target {
+        Target::External => {
+            let topology = Topology::external(&ctx.launch).await?;
+            let org = format!(
+                "{}-{}",
+                ctx.launch.external.org_prefix,
+                &crate::rest::random_uuid()[..8]
+            );
+            (topology, org)
+        }
+        _ => {
+            let topology = Topology::start(&ctx.launch, shape.apis, shape.gateways, &load_env()).await?;
+            (topology, ORG.to_owned())
+        }
+    };
+    let rest = Arc::new(Rest::new(&org, ctx.client_message_ids)?);
     let api_urls = Arc::new(topology.api_urls());
-    let mut plan = Plan::new(ORG, &topology.jwt_secret, users, group_size, groups_per_user)?;
+    let emails: Vec<String> = (0..shape.users).map(email).collect();
+    let tokens = topology.tokens.issue(&org, &emails, shape.token_ttl).await?;
+    let mut plan = Plan::new(&org, tokens, shape.group_size, shape.groups_per_user)?;
     plan.create_groups(&rest, &api_urls, 64).await?;
     Ok(Setup {
         topology,
@@ -115,6 +213,30 @@ pub async fn setup(
         plan: Arc::new(plan),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+impl Setup {
+    /// How long the set-up took, and what it did.
+    pub fn took(&self) -> String {
+        let what = if self.topology.launch.target == Target::External {
+            "tokens, groups over REST"
+        } else {
+            "servers, users, groups over REST"
+        };
+        format!("{:.1} s ({what})", self.seconds)
+    }
+}
+
+/// `text` as one shell word.
+pub fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c))
+    {
+        return text.to_owned();
+    }
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// Sockets of a run, stopped when dropped.
@@ -146,6 +268,7 @@ impl Report {
         json.insert("scenario".into(), json!(scenario));
         json.insert("target".into(), json!(ctx.launch.target.as_str()));
         json.insert("smoke".into(), json!(ctx.smoke));
+        json.insert("client_message_ids".into(), json!(ctx.client_message_ids));
         let load = load_average();
         json.insert("loadavg_at_start".into(), json!(load));
         Self {
@@ -328,5 +451,21 @@ mod tests {
         assert_eq!(quantile(&mut v, 0.99), Some(99.0));
         assert_eq!(quantile(&mut v, 1.0), Some(100.0));
         assert_eq!(quantile(&mut [], 0.5), None);
+    }
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(shell_quote("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn tokens_outlive_the_run() {
+        let shape = Shape::new(2, 2, 10, 10);
+        assert_eq!(shape.token_ttl, TOKEN_TTL);
+        assert_eq!(shape.lasting(Duration::from_secs(600)).token_ttl, TOKEN_TTL);
+        let long = shape.lasting(Duration::from_secs(24 * 3600)).token_ttl;
+        assert_eq!(long, Duration::from_secs(25 * 3600));
     }
 }

@@ -10,10 +10,9 @@ use std::{
 use clap::Args;
 use serde_json::json;
 
-use super::{Ctx, Report, setup};
+use super::{Ctx, Report, Shape, setup};
 use crate::{
     rest::{PostStats, closed_loop},
-    stats::CpuSnapshot,
     topology::{Target, pgbench_insert_ceiling, psql},
 };
 
@@ -57,7 +56,7 @@ pub async fn run(ctx: &Ctx, args: &PersistArgs) -> anyhow::Result<Report> {
         ],
     );
     let mut report = Report::new("persist", ctx, repeat);
-    let mut setup = setup(ctx, 2, 0, s.concurrency * s.group_size, s.group_size, 1).await?;
+    let mut setup = setup(ctx, Shape::new(2, 0, s.concurrency * s.group_size, s.group_size)).await?;
     let plan = setup.plan.clone();
     report.line(
         "shape",
@@ -77,7 +76,8 @@ pub async fn run(ctx: &Ctx, args: &PersistArgs) -> anyhow::Result<Report> {
         report.line("Postgres durability", format!("synchronous_commit {}", settings.trim()));
     }
 
-    let before = CpuSnapshot::take(&setup.topology.cpu_groups());
+    let probe = setup.topology.cpu_probe();
+    let before = probe.snapshot().await;
     let stats = Arc::new(PostStats::new(plan.groups.len()));
     let targets = Arc::new((0..plan.groups.len() as u32).collect::<Vec<_>>());
     let started = Instant::now();
@@ -91,7 +91,7 @@ pub async fn run(ctx: &Ctx, args: &PersistArgs) -> anyhow::Result<Report> {
     )
     .await;
     let elapsed = started.elapsed().as_secs_f64();
-    let after = CpuSnapshot::take(&setup.topology.cpu_groups());
+    let after = probe.snapshot().await;
     let ok = stats.ok.load(Ordering::Relaxed);
     let failed = stats.failed.load(Ordering::Relaxed);
     let rate = ok as f64 / elapsed;

@@ -15,11 +15,11 @@ use clap::Args;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Ctx, Report, SocketsGuard, quantile, seconds_between, setup};
+use super::{Ctx, Report, Shape, SocketsGuard, quantile, seconds_between, setup};
 use crate::{
     client::Clients,
     rest::{PostStats, open_loop},
-    stats::{CpuSnapshot, now_us},
+    stats::now_us,
     topology::Target,
 };
 
@@ -129,9 +129,9 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> anyhow::Result<Report> {
         return Ok(report);
     }
     ctx.check_sockets(s.sockets)?;
-    let mut setup = setup(ctx, 2, 2, s.sockets, s.group_size, 1).await?;
+    let mut setup = setup(ctx, Shape::new(2, 2, s.sockets, s.group_size)).await?;
     let plan = setup.plan.clone();
-    let gateways = setup.topology.gateway_addrs();
+    let gateways = setup.topology.gateway_endpoints();
     let groups = plan.groups.len();
     report.line(
         "shape",
@@ -179,7 +179,7 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> anyhow::Result<Report> {
     let target = stats.acked_snapshot();
     let owed_at_kill: i64 = target.iter().sum();
     let _ = clients.catch_up_target.set(target);
-    let before = CpuSnapshot::take(&setup.topology.cpu_groups());
+    let before = setup.topology.cpu_probe().snapshot().await;
     let kill_us = now_us();
     setup.topology.kill("gateway-0")?;
     let caught_up_count = |c: &Clients| {
@@ -193,7 +193,7 @@ pub async fn run(ctx: &Ctx, args: &StormArgs) -> anyhow::Result<Report> {
         .await;
     let not_back_at_timeout = s.sockets - caught_up_count(&clients);
     let storm_seconds = seconds_between(kill_us, now_us());
-    let after = CpuSnapshot::take(&setup.topology.cpu_groups());
+    let after = setup.topology.cpu_probe().snapshot().await;
     tokio::time::sleep(Duration::from_secs(s.tail)).await;
     let _ = stop.send(true);
     sender.await?;

@@ -23,7 +23,7 @@ use std::{
 };
 
 use sea_orm::sqlx::{
-    self, PgPool, Postgres,
+    self, Connection, PgPool, Postgres,
     pool::PoolConnection,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
@@ -43,11 +43,12 @@ const CONNECTION_WAIT: Duration = Duration::from_secs(3);
 const STATEMENT_WAIT: Duration = Duration::from_secs(6);
 /// Posts waiting for a slot before callers feel back-pressure.
 const QUEUE: usize = 4096;
-/// Age after which the batch connection is replaced. Its generic plan is made once per
-/// connection from the table sizes of that moment, and Postgres re-makes it only after an
-/// ANALYZE, which may never come (autovacuum off) or come late on a fast-growing table: a plan
-/// made on an empty `groups` table probes the wrong index (BENCHMARKS.md, "Plans"). A new
-/// connection a minute plans from the sizes of now, for one reconnect a minute.
+/// How long the batch connection keeps its prepared statement. Its generic plan is made once
+/// from the table sizes of that moment, and Postgres re-makes it only after an ANALYZE, which
+/// may never come (autovacuum off) or come late on a fast-growing table: a plan made on an
+/// empty `groups` table probes the wrong index (BENCHMARKS.md, "Plans"). Closing the statement
+/// once a minute makes the next batch plan from the sizes of now, for one planning a minute,
+/// on the same connection.
 const REPLAN_AFTER: Duration = Duration::from_secs(60);
 
 /// What the batch found and did for one post; `None`: the batch failed (not for a lost
@@ -161,7 +162,7 @@ impl PostBatcher {
 async fn run(pool: PgPool, mut rx: mpsc::Receiver<Pending>, max_batch: usize, counters: Arc<Counters>) {
     // The connection is kept from batch to batch: returned to the pool, sqlx would ping it
     // each time (a round trip per batch). It is let go after a failure other than the
-    // server refusing a statement, and after [`REPLAN_AFTER`].
+    // server refusing a statement; its statements are re-planned after [`REPLAN_AFTER`].
     let mut conn: Option<Kept> = None;
     // Posts set aside because a post with the same clientMessageId was in the batch before.
     let mut held: Vec<Pending> = Vec::new();
@@ -209,17 +210,23 @@ fn idempotency_key(message: &Message) -> Option<(String, uuid::Uuid, String, Str
     ))
 }
 
-/// The batch connection and when it was opened.
+/// The batch connection and when its statements were prepared.
 struct Kept {
     conn: PoolConnection<Postgres>,
     since: Instant,
 }
 
 async fn write(pool: &PgPool, kept: &mut Option<Kept>, batch: Vec<Pending>, counters: &Counters) {
-    if kept.as_ref().is_some_and(|k| k.since.elapsed() > REPLAN_AFTER)
-        && let Some(mut old) = kept.take()
+    if let Some(k) = kept.as_mut()
+        && k.since.elapsed() > REPLAN_AFTER
     {
-        old.conn.close_on_drop();
+        k.since = Instant::now();
+        if let Err(e) = k.conn.clear_cached_statements().await {
+            tracing::warn!(error = %e, "closing the post statement to re-plan it failed: reconnecting");
+            if let Some(mut broken) = kept.take() {
+                broken.conn.close_on_drop();
+            }
+        }
     }
     let conn = match kept {
         Some(kept) => &mut kept.conn,
