@@ -184,6 +184,12 @@ impl Clients {
 
     /// Starts one socket per `(user, gateway index)` and returns once each has connected or
     /// failed its first handshake; at most `concurrency` handshakes run at once.
+    /// Connects users `0..count`, spread over `gateways` gateways in turn.
+    pub async fn connect_spread(self: &Arc<Self>, count: usize, gateways: usize, concurrency: usize) -> ConnectReport {
+        let sockets = (0..count).map(|u| (u as u32, u % gateways.max(1))).collect();
+        self.connect_all(sockets, concurrency).await
+    }
+
     pub async fn connect_all(self: &Arc<Self>, sockets: Vec<(u32, usize)>, concurrency: usize) -> ConnectReport {
         let started = Instant::now();
         let total = sockets.len();

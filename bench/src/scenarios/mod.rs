@@ -304,6 +304,27 @@ impl Report {
         self.json.insert(key.to_owned(), value);
     }
 
+    /// The `connected` line of a scenario, and a problem when sockets failed to connect.
+    pub fn connected(&mut self, connected: &crate::client::ConnectReport, wanted: usize, clients: &Clients) {
+        self.line(
+            "connected",
+            format!(
+                "{} of {} in {:.2} s ({:.0}/s)",
+                connected.ok,
+                wanted,
+                connected.seconds,
+                connected.ok as f64 / connected.seconds.max(1e-9)
+            ),
+        );
+        if connected.failed > 0 {
+            self.problem(format!(
+                "{} sockets failed to connect: {}",
+                connected.failed,
+                clients.error_summary()
+            ));
+        }
+    }
+
     pub fn problem(&mut self, text: impl Into<String>) {
         self.problems.push(text.into());
     }

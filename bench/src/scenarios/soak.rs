@@ -165,19 +165,10 @@ pub async fn run(ctx: &Ctx, args: &SoakArgs) -> anyhow::Result<Report> {
 
     let clients = Clients::new(plan.clone(), ctx.client_config(gateways.clone(), None));
     let _guard = SocketsGuard(clients.clone());
-    let sockets: Vec<(u32, usize)> = (0..s.sockets).map(|u| (u as u32, u % gateways.len())).collect();
-    let connected = clients.connect_all(sockets, s.connect_concurrency).await;
-    report.line(
-        "connected",
-        format!("{} of {} in {:.2} s", connected.ok, s.sockets, connected.seconds),
-    );
-    if connected.failed > 0 {
-        report.problem(format!(
-            "{} sockets failed to connect: {}",
-            connected.failed,
-            clients.error_summary()
-        ));
-    }
+    let connected = clients
+        .connect_spread(s.sockets, gateways.len(), s.connect_concurrency)
+        .await;
+    report.connected(&connected, s.sockets, &clients);
 
     let probe = setup.topology.cpu_probe();
     let table = Table::new("end", &probe);
