@@ -320,7 +320,7 @@ impl Store {
 
     /// [`POST_SQL`] for one post on the pool: without group commit, and for the posts of a
     /// batch the server refused.
-    pub(crate) async fn post_alone(&self, post: &Post) -> Result<PostOutcome, DomainError> {
+    async fn post_alone(&self, post: &Post) -> Result<PostOutcome, DomainError> {
         let pool = self.db.get_postgres_connection_pool();
         let mut written = write_postgres(pool, &[post]).await;
         if let Err(e) = &written

@@ -4,7 +4,8 @@
 //! process with SQLite and the in-process bus). Dropping a [`Topology`] kills its processes
 //! (SIGKILL) and drops its database, on success and on error alike. Or external: servers the
 //! bench did not start (an operator's install, another implementation of the same API), reached
-//! by URL, whose CPU the bench cannot see.
+//! by URL, whose CPU the bench cannot see (`external.rs`). `cpu.rs` says which processes' CPU a
+//! scenario reports.
 
 use std::{
     fs::File,
@@ -16,7 +17,13 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{client::GatewayEndpoint, plan::Tokens, stats::CpuSnapshot};
+mod cpu;
+mod external;
+
+pub use cpu::CpuProbe;
+pub use external::{External, gateway_endpoint};
+
+use crate::{client::GatewayEndpoint, plan::Tokens};
 
 /// Environment variables the server reads (shared/src/config.rs): never inherited from the
 /// bench's own environment, so a developer's settings cannot change what is measured.
@@ -91,105 +98,6 @@ pub struct Launch {
     pub keep_logs: bool,
     /// The servers of `--target external`.
     pub external: External,
-}
-
-/// Servers the bench did not start.
-#[derive(Clone, Debug, Default)]
-pub struct External {
-    /// Base URLs of the REST API (`http[s]://host[:port][/prefix]`): API processes, or the load
-    /// balancer in front of them. Requests go round-robin over them.
-    pub api_urls: Vec<String>,
-    /// Socket.IO endpoints (`http://` or `ws://host[:port][/prefix]`): gateways, or the load
-    /// balancer in front of them. Sockets are spread round-robin over them.
-    pub gateway_urls: Vec<String>,
-    /// Where the users' tokens come from (`None` until one is given).
-    pub tokens: Option<Tokens>,
-    /// Each scenario run uses the org `<prefix>-<random>`, so that its groups and messages stay
-    /// apart from every other tenant's and from earlier runs'.
-    pub org_prefix: String,
-}
-
-impl External {
-    /// Why these settings cannot drive a run, if they cannot.
-    pub fn check(&self) -> anyhow::Result<()> {
-        if self.api_urls.is_empty() || self.gateway_urls.is_empty() {
-            bail!("--target external needs at least one --api-url and one --gateway-url");
-        }
-        if self.tokens.is_none() {
-            bail!(
-                "--target external needs the servers' HS256 secret (--jwt-secret or BENCH_JWT_SECRET) \
-                 or a --token-command that prints a token for {{org}} and {{email}}"
-            );
-        }
-        let prefix_ok = !self.org_prefix.is_empty()
-            && self.org_prefix.len() <= 40
-            && self
-                .org_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-        if !prefix_ok {
-            bail!("--org-prefix must be 1 to 40 letters, digits, '-', '_' or '.'");
-        }
-        for url in &self.gateway_urls {
-            let parsed = reqwest::Url::parse(url).with_context(|| format!("--gateway-url {url}"))?;
-            check_gateway_scheme(url, parsed.scheme())?;
-        }
-        for url in &self.api_urls {
-            let parsed = reqwest::Url::parse(url).with_context(|| format!("--api-url {url}"))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                bail!("--api-url {url}: expected http://host[:port] or https://host[:port]");
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The socket client speaks plain WebSocket only.
-fn check_gateway_scheme(url: &str, scheme: &str) -> anyhow::Result<()> {
-    match scheme {
-        "http" | "ws" => Ok(()),
-        "https" | "wss" => bail!(
-            "--gateway-url {url}: the bench's socket client speaks plain WebSocket only; give a plain \
-             http:// address of the gateways (a port-forward, or their service inside the cluster)"
-        ),
-        other => bail!("--gateway-url {url}: unknown scheme {other} (expected http:// or ws://)"),
-    }
-}
-
-/// Whether a Postgres process title names `database` as one of its words.
-fn names_database(title: &str, database: &str) -> bool {
-    title
-        .split(|c: char| c.is_whitespace() || c == '\0')
-        .any(|word| word == database)
-}
-
-/// Resolves a `--gateway-url` to the address to dial and the host and path to name.
-pub async fn gateway_endpoint(url: &str) -> anyhow::Result<GatewayEndpoint> {
-    let parsed = reqwest::Url::parse(url).with_context(|| format!("--gateway-url {url}"))?;
-    check_gateway_scheme(url, parsed.scheme())?;
-    let port = parsed.port().unwrap_or(80);
-    let Some(host_text) = parsed.host_str().filter(|h| !h.is_empty()) else {
-        bail!("--gateway-url {url}: no host");
-    };
-    let bare = host_text.trim_start_matches('[').trim_end_matches(']');
-    let addr = match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::from((ip, port)),
-        Err(_) => tokio::net::lookup_host((bare, port))
-            .await
-            .with_context(|| format!("--gateway-url {url}: resolving {bare}"))?
-            .next()
-            .with_context(|| format!("--gateway-url {url}: {bare} has no address"))?,
-    };
-    let host = match parsed.port() {
-        Some(port) => format!("{host_text}:{port}"),
-        None => host_text.to_owned(),
-    };
-    let prefix = parsed.path().trim_end_matches('/');
-    Ok(GatewayEndpoint {
-        addr,
-        host,
-        path: format!("{prefix}/socket.io/"),
-    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -485,82 +393,6 @@ impl Topology {
     }
 }
 
-/// The processes whose CPU a scenario reports, taken apart from the [`Topology`] so that a
-/// snapshot can run on a blocking thread while the load goes on.
-#[derive(Clone, Debug)]
-pub struct CpuProbe {
-    target: Target,
-    gateway_pids: Vec<u32>,
-    api_pids: Vec<u32>,
-    /// Scaled: the bench's database, whose backends are told apart from the rest of Postgres.
-    database: Option<String>,
-}
-
-impl CpuProbe {
-    /// The labelled process groups: the tiers; `postgres` = the backends of the bench's own
-    /// database (its connections and autovacuum workers) and `postgres-other` = every other
-    /// Postgres process (the server-wide writers and checkpointer, and other databases' backends,
-    /// busy with whatever else runs on the machine); Redis; the bench. External: the bench only.
-    pub fn groups(&self) -> Vec<(String, Vec<u32>)> {
-        let mut groups = Vec::new();
-        match self.target {
-            Target::Scaled => {
-                groups.push(("gateway".to_owned(), self.gateway_pids.clone()));
-                groups.push(("api".to_owned(), self.api_pids.clone()));
-                let all = crate::stats::pids_named("postgres");
-                let (ours, others): (Vec<u32>, Vec<u32>) =
-                    all.into_iter().partition(|p| self.serves_bench_database(*p));
-                groups.push(("postgres".to_owned(), ours));
-                groups.push(("postgres-other".to_owned(), others));
-                groups.push(("redis".to_owned(), crate::stats::pids_named("redis-server")));
-            }
-            Target::Standalone => {
-                let mut pids = self.gateway_pids.clone();
-                pids.extend(self.api_pids.iter().filter(|p| !self.gateway_pids.contains(p)));
-                groups.push(("serve".to_owned(), pids));
-            }
-            Target::External => {}
-        }
-        groups.push(("bench".to_owned(), vec![std::process::id()]));
-        groups
-    }
-
-    /// The labels [`Self::groups`] gives, without looking anything up.
-    pub fn labels(&self) -> Vec<String> {
-        let labels: &[&str] = match self.target {
-            Target::Scaled => &["gateway", "api", "postgres", "postgres-other", "redis", "bench"],
-            Target::Standalone => &["serve", "bench"],
-            Target::External => &["bench"],
-        };
-        labels.iter().map(|l| (*l).to_owned()).collect()
-    }
-
-    /// Whether a Postgres process works for the bench's database: its process title (Postgres
-    /// keeps it up to date, `postgres: [cluster: ]user database host(port) state`, or
-    /// `autovacuum worker database`) names it. Read from `/proc`, so it needs no connection:
-    /// a server at its connection limit is still measured.
-    fn serves_bench_database(&self, pid: u32) -> bool {
-        let Some(database) = &self.database else {
-            return false;
-        };
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|title| names_database(&String::from_utf8_lossy(&title), database))
-    }
-
-    /// A CPU snapshot of [`Self::groups`], taken on a blocking thread (it reads a few files of
-    /// `/proc` per process) so that the sockets and posters of the run are not held up.
-    pub async fn snapshot(&self) -> CpuSnapshot {
-        let probe = self.clone();
-        match tokio::task::spawn_blocking(move || CpuSnapshot::take(&probe.groups())).await {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                eprintln!("warning: a CPU snapshot failed: {e}");
-                CpuSnapshot::default()
-            }
-        }
-    }
-}
-
 impl Drop for Topology {
     fn drop(&mut self) {
         for server in &mut self.servers {
@@ -699,60 +531,6 @@ pub fn pgbench_insert_ceiling(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn gateway_urls_name_host_and_path() {
-        let plain = gateway_endpoint("http://127.0.0.1:8080").await.unwrap();
-        assert_eq!(plain.addr, SocketAddr::from(([127, 0, 0, 1], 8080)));
-        assert_eq!(
-            (plain.host.as_str(), plain.path.as_str()),
-            ("127.0.0.1:8080", "/socket.io/")
-        );
-        let prefixed = gateway_endpoint("ws://[::1]/chat/").await.unwrap();
-        assert_eq!(prefixed.addr, "[::1]:80".parse().unwrap());
-        assert_eq!(
-            (prefixed.host.as_str(), prefixed.path.as_str()),
-            ("[::1]", "/chat/socket.io/")
-        );
-        let named = gateway_endpoint("http://localhost:9000").await.unwrap();
-        assert!(named.addr.ip().is_loopback() && named.host == "localhost:9000");
-        let tls = gateway_endpoint("https://chat.example.com").await.unwrap_err();
-        assert!(tls.to_string().contains("plain WebSocket"), "{tls}");
-    }
-
-    #[test]
-    fn external_settings_are_checked() {
-        let mut external = External {
-            api_urls: vec!["http://127.0.0.1:8080".into()],
-            gateway_urls: vec!["http://127.0.0.1:8080".into()],
-            tokens: Some(Tokens::Secret("s".repeat(32))),
-            org_prefix: "bench".into(),
-        };
-        external.check().unwrap();
-        external.org_prefix = "no spaces".into();
-        assert!(external.check().is_err());
-        external.org_prefix = "bench".into();
-        external.tokens = None;
-        assert!(external.check().unwrap_err().to_string().contains("--token-command"));
-        external.tokens = Some(Tokens::Command("true".into()));
-        external.api_urls = vec!["ftp://x".into()];
-        assert!(external.check().is_err());
-    }
-
-    #[test]
-    fn backends_are_told_by_their_title() {
-        let db = "cc_bench_0a1b2c";
-        assert!(names_database(
-            "postgres: 15/main: postgres cc_bench_0a1b2c 127.0.0.1(5910) idle   ",
-            db
-        ));
-        assert!(names_database("postgres: autovacuum worker cc_bench_0a1b2c\0", db));
-        assert!(!names_database(
-            "postgres: 15/main: postgres cc_bench_0a1b2c9 127.0.0.1(5910) idle",
-            db
-        ));
-        assert!(!names_database("postgres: 15/main: walwriter", db));
-    }
 
     #[test]
     fn database_in_url() {
